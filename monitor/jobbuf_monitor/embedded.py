@@ -1,0 +1,70 @@
+"""Where the database comes from when nobody says (DESIGN.md §4), and DSN redaction.
+
+This module imports neither trio nor trio_asyncio, so both the library and the monitor
+(a plain-asyncio process) use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["LOCAL_DSN", "cli_dsn", "data_dir", "embedded_dsn", "redact_dsn", "server_answers", "test_dsn"]
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+"""The local development server this project's tests use when it answers."""
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (URL form and ``password=`` form)."""
+    dsn = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", dsn, flags=re.IGNORECASE)
+
+
+def data_dir() -> Path:
+    """The user's data directory for jobbuf (``$XDG_DATA_HOME/jobbuf`` or ``~/.local/share/jobbuf``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "jobbuf"
+
+
+def embedded_dsn(pgdata: Path | None = None) -> str:
+    """Start (or reuse) the embedded PostgreSQL server and return its DSN.
+
+    The server keeps its data under ``pgdata`` (default: ``data_dir() / "pgdata"``) and is
+    stopped when the last process that started it exits. Cold start takes about a second.
+    """
+    import pgserver  # imported late: it is only needed when no server is configured
+
+    path = pgdata or data_dir() / "pgdata"
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
+    return str(server.get_uri("postgres"))
+
+
+def cli_dsn(given: str | None) -> str:
+    """DSN for a CLI: ``--dsn``, else ``$JOBBUF_DSN``, else the embedded server."""
+    return given or os.environ.get("JOBBUF_DSN") or embedded_dsn()
+
+
+def server_answers(dsn: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at the DSN's host and port."""
+    parts = urlsplit(dsn)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_dsn() -> str:
+    """DSN for test suites: ``$JOBBUF_TEST_DSN``, else the local server if it answers, else
+    the embedded server."""
+    given = os.environ.get("JOBBUF_TEST_DSN")
+    if given:
+        return given
+    if server_answers(LOCAL_DSN):
+        return LOCAL_DSN
+    return embedded_dsn()

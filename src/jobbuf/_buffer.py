@@ -1,0 +1,423 @@
+"""``JobBuffer``: a bounded in-process buffer of claimed jobs, refilled by a poller task."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import trio
+
+from . import _poller
+from ._acks import AckBatcher
+from ._config import BufferConfig
+from ._errors import BufferAlreadyRunningError, BufferClosedError, ConfigError, LeaseLostError
+from ._job import Job
+from ._source import Ack, AckOutcome, JobSource, WorkerInfo
+from ._stats import BufferStats, Counters
+from ._trio_util import single_error
+
+__all__ = ["JobBuffer", "open_job_buffer"]
+
+log = logging.getLogger("jobbuf.buffer")
+
+
+def _check_worker_id(worker_id: object) -> str:
+    if not isinstance(worker_id, str) or not worker_id.strip() or len(worker_id) > 200 or not worker_id.isprintable():
+        raise ConfigError(
+            f"worker_id={worker_id!r} is invalid: use a non-empty printable string of at most 200 characters"
+        )
+    return worker_id
+
+
+class JobBuffer:
+    """Claims jobs from a source in batches and hands them to workers through :meth:`take_job`.
+
+    Start it with ``await nursery.start(buf.run)`` or, usually, ``async with
+    open_job_buffer(...)``. Stop is cancellation. Guarantees:
+
+    - depth never exceeds ``capacity``; the poller claims only while depth < ``low_water``;
+    - ``take_job`` is cancellation-atomic: cancelled, it either returned a job or left it
+      buffered;
+    - nothing is stranded: entries discarded by TTL, returned by ``stop()``, or still held
+      when ``run`` ends go back to the source (the attempt given back);
+    - acks are batched across concurrent callers and return once durable.
+    """
+
+    def __init__(self, source: JobSource, worker_id: str, config: BufferConfig | None = None) -> None:
+        if config is not None and not isinstance(config, BufferConfig):
+            raise ConfigError(f"config={config!r} is invalid: pass a BufferConfig(...) or None")
+        self._source = source
+        self._worker_id = _check_worker_id(worker_id)
+        self.config = config or BufferConfig()
+        self._instance = ""
+        self._state = "new"  # new -> running -> stopped (poller gone) -> closed (run ended)
+        self._stopping = False
+        self._entries: deque[tuple[Job, float]] = deque()  # (job, trio time it entered)
+        self._in_flight: dict[int, Job] = {}  # taken, not yet acked
+        self._discarded: list[Job] = []  # TTL-discarded, awaiting release by the poller
+        self._handed_off: set[int] = set()  # own claims given away by stop(release=False)
+        self._reserved = 0  # capacity reserved by a claim in progress
+        self._takers = trio.lowlevel.ParkingLot()
+        self._wake = trio.Event()
+        self._poller_scope: trio.CancelScope | None = None
+        self._poller_done = trio.Event()
+        self._counters = Counters()
+        self._acks = AckBatcher(source, self.config.max_attempts, self.config.shutdown_timeout)
+        self._worker: WorkerInfo | None = None
+
+    # -- the contract's read-only view ---------------------------------------------------
+    @property
+    def worker_id(self) -> str:
+        """The worker id used for every claim."""
+        return self._worker_id
+
+    @property
+    def instance(self) -> str:
+        """This start's instance id (the owner of its claims); empty before start."""
+        return self._instance
+
+    @property
+    def running(self) -> bool:
+        """True while the poller is active (after start, before stop or exit)."""
+        return self._state == "running"
+
+    @property
+    def depth(self) -> int:
+        """Jobs buffered now."""
+        return len(self._entries)
+
+    def stats(self) -> BufferStats:
+        """A frozen snapshot of this buffer's counters."""
+        return BufferStats(
+            worker_id=self._worker_id, instance=self._instance, running=self.running,
+            capacity=self.config.capacity, depth=len(self._entries), in_flight=len(self._in_flight),
+            **self._counters.values(),
+        )  # fmt: skip
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, then poll and heartbeat until cancelled; on the way out flush acks,
+        release everything this instance still holds, and deregister (shielded, within
+        ``config.shutdown_timeout``). Start with ``nursery.start``: start-up errors (for
+        example an unreachable database) surface from there.
+
+        Raises :class:`BufferAlreadyRunningError` if this buffer was started before.
+        """
+        if self._state != "new":
+            raise BufferAlreadyRunningError(
+                f"buffer {self._worker_id!r} was already started (state: {self._state}); create a new JobBuffer"
+            )
+        self._state = "running"
+        self._instance = uuid.uuid4().hex
+        self._counters.started_at = time.time()
+        self._worker = WorkerInfo(
+            worker_id=self._worker_id, instance=self._instance, host=socket.gethostname(), pid=os.getpid(),
+            queues=self.config.queues, started_at=datetime.now(UTC), config=asdict(self.config),
+        )  # fmt: skip
+        unsubscribe = self._source.listen(self.config.queues, self._wake_poller)
+        try:
+            await self._publish(extend_leases=False)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_poller)
+                nursery.start_soon(_poller.heartbeat_loop, self)
+                task_status.started()
+        finally:
+            unsubscribe()
+            self._close()
+            await self._shutdown()
+
+    async def _run_poller(self) -> None:
+        try:
+            with trio.CancelScope() as self._poller_scope:
+                await _poller.poll_loop(self)
+        finally:
+            self._poller_done.set()
+
+    def _close(self) -> None:
+        self._stopping = True
+        if self._state == "running":
+            self._state = "stopped"
+        self._takers.unpark_all()
+
+    async def _shutdown(self) -> None:
+        """Flush acks, release what this instance holds, deregister: shielded, bounded."""
+        from ._shutdown import shutdown  # keeps this module about the buffer itself
+
+        await shutdown(self)
+
+    async def stop(self, join_timeout: float | None = None, *, release: bool = True) -> list[Job]:
+        """Stop polling, wait for the poller (cancelling it after ``join_timeout``), drain
+        the buffer and return the jobs that were buffered but not taken.
+
+        With ``release=True`` they are also released to the source; with ``release=False``
+        the caller owns them (they keep their claim and can be offered to another buffer).
+        Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
+        start it returns ``[]``. Afterwards ``take_job`` raises :class:`BufferClosedError`.
+        """
+        if self._state != "running":
+            return []
+        self._state = "stopped"
+        self._stopping = True
+        self._wake.set()
+        self._takers.unpark_all()
+        with trio.move_on_after(math.inf if join_timeout is None else join_timeout):
+            await self._poller_done.wait()
+        if not self._poller_done.is_set() and self._poller_scope is not None:
+            self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
+            await self._poller_done.wait()
+        jobs = [job for job, _ in self._entries]
+        self._entries.clear()
+        if not release:
+            self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.shutdown_timeout):
+            try:
+                await self._release(jobs + self._take_discarded() if release else self._take_discarded())
+            except Exception as exc:  # they stay ours and are released by owner when run ends
+                self._record_error("stop", exc)
+        return jobs
+
+    # -- the hot path --------------------------------------------------------------------
+    async def take_job(self, timeout: float | None = None) -> Job | None:
+        """Wait up to ``timeout`` seconds (forever if ``None``) for a job; ``None`` on timeout.
+
+        Entries older than ``config.ttl`` are discarded silently: counted in
+        ``stats().discarded`` and released to the source without charging an attempt.
+        Cancellation-atomic: cancelled, it either returned a job or left it buffered.
+        Raises :class:`BufferClosedError` once the buffer is stopped.
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
+            raise ConfigError(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait forever")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        job = self._pop()
+        if job is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return job
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while job is None:
+                await self._takers.park()
+                # No checkpoint between here and return: a job popped is a job returned.
+                job = self._pop()
+        return job
+
+    def _pop(self) -> Job | None:
+        if self._stopping:
+            raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
+        entries, now, ttl = self._entries, trio.current_time(), self.config.ttl
+        while entries:
+            job, entered = entries.popleft()
+            if now - entered > ttl:
+                self._discard(job)
+                continue
+            self._in_flight[job.id] = job
+            self._counters.taken += 1
+            if len(entries) < self.config.low_water:
+                self._wake.set()
+            return job
+        self._wake.set()
+        return None
+
+    def _discard(self, job: Job) -> None:
+        self._counters.discarded += 1
+        if job.claim is not None:
+            self._discarded.append(job)
+        self._wake.set()
+
+    def offer_jobs(self, jobs: Iterable[Job]) -> int:
+        """Put jobs straight into the buffer, without claiming; return how many it took.
+
+        It takes up to the free capacity, in order; the caller keeps the rest. A job keeps
+        any claim it carries, so it can still be acked; its TTL counts from now.
+        """
+        if self._stopping:
+            raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
+        free = self.config.capacity - len(self._entries) - self._reserved
+        now, taken = trio.current_time(), 0
+        for job in jobs:
+            if taken >= free:
+                break
+            if not isinstance(job, Job):
+                raise TypeError(f"offer_jobs takes Job objects, got {type(job).__name__}")
+            self._in_flight.pop(job.id, None)
+            self._entries.append((job, now))
+            taken += 1
+        self._counters.offered += taken
+        self._takers.unpark(count=taken)
+        return taken
+
+    # -- acks ----------------------------------------------------------------------------
+    async def complete(self, job: Job) -> None:
+        """Mark ``job`` done, durably (batched with concurrent acks).
+
+        Raises :class:`LeaseLostError` if another owner holds it now (nothing changed),
+        :class:`BufferClosedError` after ``run`` ended, and
+        :class:`DatabaseUnavailableError` if the database stayed unreachable.
+        """
+        await self._ack(Ack(job))
+
+    async def fail(self, job: Job, error: BaseException | str, *, retry_in: float | None = None) -> None:
+        """Record a failed attempt: retry after ``retry_in`` seconds (default: exponential
+        backoff with jitter, see :meth:`retry_delay`), or make the job dead, keeping
+        ``error``, once it has used ``max_attempts``. Same errors as :meth:`complete`."""
+        if retry_in is not None and (isinstance(retry_in, bool) or not retry_in >= 0):
+            raise ConfigError(f"retry_in={retry_in!r} is invalid: pass seconds >= 0, or None for backoff")
+        text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+        delay = self.retry_delay(job.attempts) if retry_in is None else float(retry_in)
+        await self._ack(Ack(job, error=text[:4000], retry_in=delay))
+
+    def retry_delay(self, attempts: int) -> float:
+        """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,
+        then "equal jitter": a uniform value in ``[d/2, d]``."""
+        d = min(self.config.retry_max, self.config.retry_base * 2.0 ** min(max(attempts - 1, 0), 60))
+        return random.uniform(d / 2, d)
+
+    async def release(self, job: Job) -> bool:
+        """Give a taken job back to the source unprocessed (attempt given back). Returns
+        whether the row was released (False if its claim no longer matches)."""
+        self._in_flight.pop(job.id, None)
+        released = await self._release([job])
+        return job.id in released
+
+    async def _ack(self, ack: Ack) -> None:
+        if self._state == "closed":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
+        job = ack.job
+        try:
+            if job.claim is None:  # built by hand: nothing to change in the source
+                await trio.lowlevel.checkpoint()
+                outcome: AckOutcome = "done" if ack.error is None else "retry"
+            else:
+                outcome = await self._acks.submit(ack)
+        finally:
+            self._in_flight.pop(job.id, None)
+        self._count_outcome(outcome)
+        if outcome == "lost":
+            raise LeaseLostError(
+                f"job {job.id} is no longer owned by this buffer (lease lost to another owner); ack not applied",
+                (job.id,),
+            )
+
+    def _count_outcome(self, outcome: AckOutcome) -> None:
+        c = self._counters
+        if outcome == "done":
+            c.completed += 1
+        elif outcome == "lost":
+            c.lease_lost += 1
+        else:
+            c.failed += 1
+            c.dead += outcome == "dead"
+
+    # -- used by the poller and shutdown -------------------------------------------------
+    def _wake_poller(self) -> None:
+        self._wake.set()
+
+    def _want_claim(self) -> bool:
+        return len(self._entries) < self.config.low_water and self._free() > 0
+
+    def _free(self) -> int:
+        return self.config.capacity - len(self._entries) - self._reserved
+
+    async def _claim_once(self) -> bool:
+        """Claim one batch; return whether it came back full (more may be ready)."""
+        limit = min(self.config.claim_size, self._free())
+        self._reserved += limit
+        try:
+            result = await self._source.claim(
+                owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
+                lease=self.config.lease, default_max_attempts=self.config.max_attempts,
+            )  # fmt: skip
+        finally:
+            self._reserved -= limit
+        c = self._counters
+        c.polls += 1
+        c.dead += result.dead + result.quarantined
+        c.quarantined += result.quarantined
+        if not result.jobs:
+            c.empty_polls += 1
+            return False
+        now = trio.current_time()
+        self._entries.extend((job, now) for job in result.jobs)
+        c.claimed += len(result.jobs)
+        c.last_claim_at = time.time()
+        self._takers.unpark(count=len(result.jobs))
+        return len(result.jobs) + result.dead + result.quarantined >= limit
+
+    def _sweep_stale(self) -> None:
+        entries, now, ttl = self._entries, trio.current_time(), self.config.ttl
+        while entries and now - entries[0][1] > ttl:
+            self._discard(entries.popleft()[0])
+
+    def _next_expiry(self) -> float:
+        """Seconds until the oldest entry goes stale (inf when empty)."""
+        if not self._entries:
+            return math.inf
+        return max(0.0, self._entries[0][1] + self.config.ttl - trio.current_time()) + 1e-3
+
+    def _take_discarded(self) -> list[Job]:
+        jobs, self._discarded = self._discarded, []
+        return jobs
+
+    async def _release_discarded(self) -> None:
+        jobs = self._take_discarded()
+        try:
+            await self._release(jobs)
+        except BaseException:
+            self._discarded.extend(jobs)  # keep them for the next round or shutdown
+            raise
+
+    async def _release(self, jobs: list[Job]) -> list[int]:
+        if not jobs:
+            return []
+        released = await self._source.release(jobs)
+        self._counters.released += len(released)
+        return released
+
+    async def _publish(self, *, extend_leases: bool) -> None:
+        assert self._worker is not None
+        held = [job for job, _ in self._entries] + list(self._in_flight.values()) + self._discarded
+        lease = self.config.lease if extend_leases else None
+        await self._source.heartbeat(self._worker, held, lease, self.stats().as_dict())
+
+    def _record_error(self, where: str, exc: BaseException) -> None:
+        self._counters.poll_errors += 1
+        self._counters.last_error = f"{where}: {type(exc).__name__}: {exc}"[:1000]
+        log.warning("jobbuf buffer %r: %s failed: %s", self._worker_id, where, exc)
+
+
+@asynccontextmanager
+async def open_job_buffer(
+    source: JobSource, worker_id: str, config: BufferConfig | None = None
+) -> AsyncIterator[JobBuffer]:
+    """Run a :class:`JobBuffer` for the duration of the block.
+
+    Leaving the block (normally, by error or by cancellation) stops claiming, flushes
+    pending acks, releases everything the buffer still holds and deregisters it, within
+    ``config.shutdown_timeout``. A single error is raised as itself, never wrapped in an
+    ExceptionGroup.
+    """
+    buf = JobBuffer(source, worker_id, config)
+    # The buffer runs shielded until the block is left: when an enclosing scope is
+    # cancelled, the body's shielded acks must still land before the buffer shuts down.
+    run_scope = trio.CancelScope(shield=True)
+
+    async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with run_scope:
+            await buf.run(task_status=task_status)
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run)
+            try:
+                yield buf
+            finally:
+                run_scope.cancel()

@@ -1,0 +1,122 @@
+"""The dedicated LISTEN connection that wakes buffers when jobs are enqueued."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Collection
+from itertools import count
+from typing import Any
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from jobbuf_monitor.embedded import redact_dsn
+
+__all__ = ["Listener"]
+
+log = logging.getLogger("jobbuf.listener")
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Listener:
+    """One LISTEN connection, outside the pool, fanned out to subscribers by queue name.
+
+    Guarantees: a notification only wakes (callbacks are hints; polling is what makes the
+    buffer correct). Callbacks run in trio and never see an exception from here. If the
+    connection dies or stops answering, ``run`` reconnects with backoff and jitter and,
+    once back, wakes every subscriber, since notifications sent meanwhile are lost.
+    """
+
+    def __init__(self, dsn: str, channel: str, health_interval: float = 10.0) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._health_interval = health_interval
+        self._subscribers: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
+        self._ids = count()
+        # Notifications arrive in asyncio callbacks; they are handed to trio through this
+        # small channel and dropped when it is full (a wake-up is already pending then).
+        self._send, self._receive = trio.open_memory_channel[str](64)
+        self.connected = False
+        """Whether the LISTEN connection is up now."""
+        self.reconnects = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.backend_pid: int | None = None
+        """Server pid of the LISTEN connection (for fault-injection tests)."""
+
+    def subscribe(self, queues: Collection[str], callback: Callable[[], None]) -> Callable[[], None]:
+        """Register ``callback`` for ``queues``; return the function that unsubscribes."""
+        key = next(self._ids)
+        self._subscribers[key] = (frozenset(queues), callback)
+        return lambda: self._subscribers.pop(key, None) and None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # Full means a wake-up for this burst is already queued: coalesce.
+        with contextlib.suppress(trio.WouldBlock):
+            self._send.send_nowait(payload)
+
+    def _wake(self, queue: str | None) -> None:
+        for queues, callback in list(self._subscribers.values()):
+            if queue is None or queue in queues:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("jobbuf wake-up callback failed")
+
+    async def _dispatch(self) -> None:
+        async for queue in self._receive:
+            self._wake(queue)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a LISTEN connection up until cancelled. Reports started after the first
+        attempt either way: buffers poll while the listener is down."""
+        delay = 0.1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._dispatch)
+            while True:
+                try:
+                    await self._session(task_status)
+                except _CONNECT_ERRORS as exc:
+                    self.errors += 1
+                    self.last_error = redact_dsn(f"{type(exc).__name__}: {exc}")
+                    log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
+                task_status.started()  # no-op after the first time
+                task_status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+                self.reconnects += 1
+
+    async def _session(self, task_status: trio.TaskStatus[None]) -> None:
+        lost = trio.Event()
+
+        async def connect() -> Any:
+            conn = await asyncpg.connect(self._dsn, timeout=5)
+            try:
+                await conn.add_listener(self._channel, self._on_notify)
+            except BaseException:
+                conn.terminate()
+                raise
+            conn.add_termination_listener(lambda _conn: lost.set())
+            return conn
+
+        conn = await trio_asyncio.aio_as_trio(connect)()
+        try:
+            self.connected = True
+            self.backend_pid = conn.get_server_pid()
+            task_status.started()
+            self._wake(None)  # anything enqueued while we were not listening
+            while not lost.is_set():
+                with trio.move_on_after(self._health_interval):
+                    await lost.wait()
+                if not lost.is_set():  # a silent network loss shows only when we ask
+                    with trio.fail_after(5):
+                        await trio_asyncio.aio_as_trio(conn.fetchval)("SELECT 1")
+            raise ConnectionResetError("LISTEN connection closed")
+        finally:
+            self.connected = False
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await trio_asyncio.aio_as_trio(conn.close)(timeout=2)
+            conn.terminate()

@@ -1,0 +1,409 @@
+"""``PostgresJobSource``: jobs in PostgreSQL, reached with asyncpg through trio-asyncio.
+
+Every logical operation is one ``aio_as_trio`` hop: connection acquire, transaction and
+queries run together inside one asyncio coroutine, so a trio cancellation never leaks a
+pooled connection (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from jobbuf_monitor.embedded import redact_dsn
+
+from ._config import check_identifier
+from ._errors import ConfigError, DatabaseUnavailableError, SchemaError
+from ._job import Claim, Job
+from ._listener import Listener
+from ._source import (
+    Ack,
+    AckOutcome,
+    ClaimResult,
+    JobState,
+    QueueCounts,
+    WorkerInfo,
+    check_enqueue,
+    encode_payload,
+)
+from ._sql import MIGRATIONS, SCHEMA_VERSION, Statements
+from ._trio_util import single_error
+
+__all__ = ["PostgresJobSource", "open_postgres_source"]
+
+log = logging.getLogger("jobbuf.postgres")
+T = TypeVar("T")
+
+# Errors that mean "the database or the connection is gone for now": retried where the
+# operation allows, otherwise reported as DatabaseUnavailableError.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+MISSING_SCHEMA = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
+
+
+class PostgresJobSource:
+    """A :class:`~jobbuf.JobSource` on one PostgreSQL schema. Open it with :func:`open_postgres_source`.
+
+    Enqueues and acks retry for up to ``retry_timeout`` seconds while the database is
+    unreachable, then raise :class:`DatabaseUnavailableError`; claims are not retried here
+    (the buffer's poller backs off). No message ever contains the DSN's password.
+    """
+
+    def __init__(self, pool: Any, dsn: str, sql: Statements, *, keep_completed: bool, retry_timeout: float) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self.dsn = redact_dsn(dsn)
+        """The DSN with any password replaced by ``***``."""
+        self.schema = sql.schema
+        self._sql = sql
+        self._keep_completed = keep_completed
+        self._retry_timeout = retry_timeout
+        self._ack_sql = sql.ack(keep_completed)
+        self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
+        self.listener = Listener(dsn, sql.jobs_channel)
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _call(self, op: Callable[..., Awaitable[T]], *args: Any, retry: bool = False) -> T:
+        """Run ``op(*args)`` as one asyncio hop, mapping driver errors to jobbuf errors."""
+        deadline = trio.current_time() + (self._retry_timeout if retry else 0.0)
+        delay = 0.05
+        while True:
+            try:
+                result: T = await trio_asyncio.aio_as_trio(op)(*args)
+                return result
+            except MISSING_SCHEMA as exc:
+                problem = f"schema {self.schema!r} is missing or incomplete ({exc})"
+                raise SchemaError(self._schema_fix(problem)) from None
+            except TRANSIENT as exc:
+                if trio.current_time() + delay > deadline:
+                    raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {_reason(exc)}") from None
+                log.warning("database unavailable at %s (%s); retrying", self.dsn, _reason(exc))
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
+
+    def _schema_fix(self, problem: str) -> str:
+        return f"{problem}: run `jobbuf migrate --dsn {self.dsn} --schema {self.schema}` or pass migrate=True"
+
+    async def _fetch(self, sql: str, *args: Any, retry: bool = False) -> list[Any]:
+        async def op() -> list[Any]:
+            async with self._pool.acquire() as conn:
+                return list(await conn.fetch(sql, *args))
+
+        return await self._call(op, retry=retry)
+
+    # -- schema ----------------------------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        """Apply missing migrations under an advisory lock; return the versions applied."""
+        sql = self._sql
+
+        async def op() -> list[int]:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(sql.migrate_lock(), self.schema)
+                await conn.execute(sql.migrate_prelude())
+                current = await conn.fetchval(sql.current_version())
+                applied = []
+                for version, script in MIGRATIONS:
+                    if version > current:
+                        await conn.execute(script.format(s=sql.s))
+                        await conn.execute(sql.record_version(), version)
+                        applied.append(version)
+                return applied
+
+        return await self._call(op)
+
+    async def check_schema(self) -> int:
+        """Return the schema version; raise :class:`SchemaError` naming the fix if it is not usable."""
+        sql = self._sql
+
+        async def op() -> int | None:
+            async with self._pool.acquire() as conn:
+                if not await conn.fetchval(sql.schema_exists(), f"{sql.s}.schema_version"):
+                    return None
+                return int(await conn.fetchval(sql.current_version()))
+
+        version = await self._call(op)
+        if version is None:
+            raise SchemaError(self._schema_fix(f"schema {self.schema!r} not found in {self.dsn}"))
+        if version < SCHEMA_VERSION:
+            raise SchemaError(self._schema_fix(f"schema {self.schema!r} is at version {version}, not {SCHEMA_VERSION}"))
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"schema {self.schema!r} is at version {version}, newer than this jobbuf "
+                f"understands ({SCHEMA_VERSION}): upgrade jobbuf"
+            )
+        return version
+
+    # -- producers -------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> int:
+        """Add one job and wake listening buffers; return its id."""
+        (job_id,) = await self.enqueue_many(
+            queue, [payload], priority=priority, run_at=run_at, max_attempts=max_attempts
+        )
+        return job_id
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Iterable[Any],
+        *,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> list[int]:
+        """Add jobs in one statement with one NOTIFY; return ids in payload order.
+
+        All-or-nothing: a non-JSON payload raises ``TypeError`` before anything is written.
+        """
+        check_enqueue(queue, priority, run_at, max_attempts)
+        texts = [encode_payload(p) for p in payloads]
+        if not texts:
+            return []
+        rows = await self._fetch(
+            self._sql.enqueue(), queue, texts, priority, run_at, max_attempts, self._sql.jobs_channel, retry=True
+        )
+        return [row[0] for row in rows]
+
+    # -- the buffer's side -----------------------------------------------------------------
+    async def claim(
+        self,
+        *,
+        owner: str,
+        worker_id: str,
+        queues: tuple[str, ...],
+        limit: int,
+        lease: float,
+        default_max_attempts: int,
+    ) -> ClaimResult:
+        """Claim up to ``limit`` jobs in one statement (see ``_sql.Statements.claim``)."""
+        sql = self._claim_sql[len(queues) == 1]
+        quarantine_sql = self._sql.quarantine()
+        claim = Claim(owner, secrets.randbits(63))
+
+        async def op() -> ClaimResult:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    sql, list(queues), limit, owner, worker_id, claim.token, default_max_attempts, lease
+                )
+                result = _decode_rows(rows, claim)
+                if result.poison:
+                    await conn.execute(quarantine_sql, *map(list, zip(*result.poison, strict=True)))
+            return ClaimResult(result.jobs, dead=result.dead, quarantined=len(result.poison))
+
+        return await self._call(op)
+
+    async def release(self, jobs: Sequence[Job]) -> list[int]:
+        """Release jobs whose claim still matches; return the ids released."""
+        claimed = [job for job in jobs if job.claim is not None]
+        if not claimed:
+            return []
+        rows = await self._fetch(self._sql.release(), *_claim_arrays(claimed), retry=True)
+        return [row[0] for row in rows]
+
+    async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
+        """Release everything ``owner`` still holds except ``keep``; return the ids released."""
+        rows = await self._fetch(self._sql.release_owner(), owner, list(keep), retry=True)
+        return [row[0] for row in rows]
+
+    async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
+        """Apply every ack in one statement; return one outcome per ack."""
+        ids, owners, tokens = _claim_arrays([a.job for a in acks])
+        errors = [a.error for a in acks]
+        delays = [a.retry_in for a in acks]
+        ack_sql, existing_sql = self._ack_sql, self._sql.existing()
+
+        async def op() -> dict[int, str]:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(ack_sql, ids, owners, tokens, errors, delays, default_max_attempts)
+                outcomes: dict[int, str] = {row[0]: row[1] for row in rows}
+                missing = [i for i, e in zip(ids, errors, strict=True) if e is None and i not in outcomes]
+                if missing:
+                    # A completion retried after a lost connection may already have been
+                    # applied: a row that no longer exists was completed, not taken over.
+                    still = {row[0] for row in await conn.fetch(existing_sql, missing)}
+                    outcomes.update({i: "done" for i in missing if i not in still})
+                return outcomes
+
+        outcomes = await self._call(op, retry=True)
+        return [outcomes.get(i, "lost") for i in ids]  # type: ignore[misc]
+
+    async def heartbeat(
+        self, worker: WorkerInfo, held: Sequence[Job], lease: float | None, stats: dict[str, Any]
+    ) -> None:
+        """Extend held leases (when ``lease`` is set) and publish stats, in one hop."""
+        sql = self._sql
+        claims = _claim_arrays([j for j in held if j.claim is not None])
+        row = (
+            worker.instance, worker.worker_id, worker.host, worker.pid, list(worker.queues), worker.started_at,
+            json.dumps(worker.config), json.dumps(stats), sql.workers_channel,
+        )  # fmt: skip
+
+        async def op() -> None:
+            async with self._pool.acquire() as conn:
+                if lease is not None and claims[0]:
+                    await conn.execute(sql.extend_leases(), *claims, lease)
+                await conn.execute(sql.publish_worker(), *row)
+
+        await self._call(op)
+
+    async def deregister(self, instance: str) -> None:
+        """Remove the worker row."""
+        await self._fetch(self._sql.deregister(), instance, retry=True)
+
+    def listen(self, queues: Collection[str], callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when an enqueue to one of ``queues`` is notified (see :class:`Listener`)."""
+        return self.listener.subscribe(queues, callback)
+
+    # -- inspection ------------------------------------------------------------------------
+    async def job_states(self, ids: Sequence[int] | None = None) -> list[JobState]:
+        """Stored rows for ``ids`` (all when ``None``), by id."""
+        rows = await self._fetch(self._sql.job_states(), None if ids is None else list(ids))
+        return [JobState(**dict(row)) for row in rows]
+
+    async def queue_counts(self) -> list[QueueCounts]:
+        """Counts per queue and status."""
+        return [QueueCounts(**dict(row)) for row in await self._fetch(self._sql.queue_counts())]
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Registered worker rows, with their published stats decoded."""
+        rows = await self._fetch(self._sql.workers())
+        return [{**dict(r), "config": json.loads(r["config"]), "stats": json.loads(r["stats"])} for r in rows]
+
+    async def requeue_dead(self, queue: str, ids: Sequence[int] | None = None) -> list[int]:
+        """Put dead jobs back to pending with attempts reset; return their ids."""
+        check_identifier("queue", queue)
+        rows = await self._fetch(self._sql.requeue(), queue, None if ids is None else list(ids), retry=True)
+        return [row[0] for row in rows]
+
+
+class _Decoded:
+    __slots__ = ("dead", "jobs", "poison")
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.dead = 0
+        self.poison: list[tuple[int, str, int, str]] = []  # (id, owner, token, error)
+
+
+def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
+    out = _Decoded()
+    for row in rows:
+        if row[8] == "dead":  # rescued with no attempts left
+            out.dead += 1
+            continue
+        try:
+            payload = json.loads(row[2])
+        except ValueError as exc:
+            out.poison.append((row[0], claim.owner, claim.token, f"payload is not JSON: {exc}"))
+            continue
+        out.jobs.append(
+            Job(id=row[0], queue=row[1], payload=payload, priority=row[3], attempts=row[4], max_attempts=row[5],
+                run_at=row[6], created_at=row[7], claim=claim)
+        )  # fmt: skip
+    return out
+
+
+def _claim_arrays(jobs: Sequence[Job]) -> tuple[list[int], list[str | None], list[int | None]]:
+    return (
+        [j.id for j in jobs],
+        [j.claim.owner if j.claim else None for j in jobs],
+        [j.claim.token if j.claim else None for j in jobs],
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return redact_dsn(str(exc) or type(exc).__name__)
+
+
+def _check_dsn(dsn: object) -> str:
+    if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
+        shown = redact_dsn(dsn) if isinstance(dsn, str) else repr(dsn)
+        raise ConfigError(f"dsn={shown!r} is invalid: use a URL like postgresql://user@host:5432/dbname")
+    return dsn
+
+
+def _log_loop_exception(loop: Any, context: dict[str, Any]) -> None:
+    # trio-asyncio's default handler re-raises, which would kill the whole loop (§3).
+    log.warning("asyncio: %s", redact_dsn(str(context.get("message"))), exc_info=context.get("exception"))
+
+
+@asynccontextmanager
+async def open_postgres_source(
+    dsn: str,
+    *,
+    schema: str = "jobbuf",
+    migrate: bool = False,
+    keep_completed: bool = False,
+    pool_size: int = 10,
+    retry_timeout: float = 10.0,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[PostgresJobSource]:
+    """Open a trio-asyncio loop, an asyncpg pool and a LISTEN connection on ``dsn``.
+
+    Raises :class:`ConfigError` for a malformed DSN or schema name,
+    :class:`DatabaseUnavailableError` when the server cannot be reached, and
+    :class:`SchemaError` when the schema is missing (unless ``migrate=True``, which creates
+    or upgrades it). On exit the pool is closed, shielded, within a deadline.
+    """
+    dsn = _check_dsn(dsn)
+    check_identifier("schema", schema)
+    if len(schema) > 48:
+        raise ConfigError(f"schema={schema!r} is too long: use at most 48 characters")
+    with single_error():
+        async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(_log_loop_exception)
+            pool = await _create_pool(dsn, pool_size, connect_timeout)
+            try:
+                source = PostgresJobSource(
+                    pool, dsn, Statements(schema), keep_completed=keep_completed, retry_timeout=retry_timeout
+                )
+                await (source.migrate() if migrate else source.check_schema())
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(source.listener.run)
+                    yield source
+                    nursery.cancel_scope.cancel()
+            finally:
+                await _close_pool(pool)
+
+
+async def _create_pool(dsn: str, size: int, connect_timeout: float) -> Any:
+    async def op() -> Any:
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, timeout=connect_timeout)
+
+    try:
+        return await trio_asyncio.aio_as_trio(op)()
+    except (asyncpg.ClientConfigurationError, ValueError) as exc:
+        raise ConfigError(f"dsn {redact_dsn(dsn)!r} is invalid: {_reason(exc)}") from None
+    except (*TRANSIENT, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {_reason(exc)}") from None
+
+
+async def _close_pool(pool: Any) -> None:
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(5):
+            await trio_asyncio.aio_as_trio(pool.close)()
+            return
+        pool.terminate()

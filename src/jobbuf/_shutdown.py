@@ -1,0 +1,59 @@
+"""What happens when a buffer's ``run`` ends: nothing it holds may be stranded."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import DatabaseUnavailableError
+
+if TYPE_CHECKING:
+    from ._buffer import JobBuffer
+
+__all__ = ["shutdown"]
+
+log = logging.getLogger("jobbuf.buffer")
+
+
+async def shutdown(buf: JobBuffer) -> None:
+    """Flush pending acks, then release everything ``buf``'s instance still owns, then
+    deregister it: shielded from cancellation, within ``config.shutdown_timeout``.
+
+    The release is by owner, not only by the ids the buffer knows: a claim cancelled
+    mid-statement may have committed rows it never saw. Jobs handed off with
+    ``stop(release=False)`` are excluded; jobs held under another instance's claim
+    (offered in) are released by that claim. If the database cannot be reached in time,
+    raises one :class:`DatabaseUnavailableError` naming the unreleased job ids; they
+    return to pending when their lease expires.
+    """
+    cfg, source, instance = buf.config, buf._source, buf._instance
+    held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
+    foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
+    failure: BaseException | None = None
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(cfg.shutdown_timeout) as deadline:
+            try:
+                await buf._acks.drain()  # acks already submitted land before the release
+                buf._entries.clear()
+                buf._discarded = []
+                released = await source.release_owner(instance, keep=buf._handed_off)
+                if foreign:
+                    released += await source.release(foreign)
+                buf._counters.released += len(released)
+                buf._in_flight.clear()
+                held = []
+                await source.deregister(instance)
+            except Exception as exc:
+                failure = exc
+        buf._state = "closed"
+        if held and (failure is not None or deadline.cancelled_caught):
+            ids = sorted({j.id for j in held})
+            reason = f"{failure}" if failure is not None else f"no answer within {cfg.shutdown_timeout:g}s"
+            raise DatabaseUnavailableError(
+                f"buffer {buf.worker_id!r} could not release jobs {ids} ({reason}); they return to "
+                f"pending when their lease expires (at most {cfg.lease:g}s)"
+            ) from failure
+        if failure is not None or deadline.cancelled_caught:
+            log.warning("jobbuf buffer %r: deregistration failed: %s", buf.worker_id, failure or "timeout")

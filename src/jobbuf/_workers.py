@@ -1,0 +1,80 @@
+"""``run_workers``: a pool of trio tasks that take jobs from a buffer and ack them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from typing import Any
+
+import trio
+
+from ._buffer import JobBuffer
+from ._errors import BufferClosedError, ConfigError, JobbufError
+from ._job import Job
+
+__all__ = ["run_workers"]
+
+log = logging.getLogger("jobbuf.workers")
+Handler = Callable[[Job], Awaitable[Any]]
+
+
+async def run_workers(
+    buf: JobBuffer, handler: Handler, *, concurrency: int = 10, job_timeout: float | None = None
+) -> None:
+    """Run ``concurrency`` tasks that take jobs from ``buf`` and call ``await handler(job)``.
+
+    A normal return completes the job; an exception (or exceeding ``job_timeout``
+    seconds) fails it, which schedules a retry with backoff or makes it dead. Runs until
+    cancelled, or until the buffer is stopped and drained.
+
+    On cancellation a running handler is cancelled and its job released (not failed: it
+    did not fail, it was interrupted); a handler that already returned still gets its ack.
+    Both are shielded and bounded by ``config.shutdown_timeout``. An ack the database
+    rejects (lease lost) or cannot take is logged and the worker goes on: the job is then
+    delivered again, which at-least-once allows.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency={concurrency!r} is invalid: it must be an int >= 1")
+    if job_timeout is not None and (isinstance(job_timeout, bool) or not job_timeout > 0):
+        raise ConfigError(f"job_timeout={job_timeout!r} is invalid: pass seconds > 0, or None for no limit")
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(_worker, buf, handler, job_timeout)
+
+
+async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -> None:
+    while True:
+        try:
+            job = await buf.take_job()
+        except BufferClosedError:
+            return
+        if job is not None:
+            await _run_one(buf, handler, job, job_timeout)
+
+
+async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None) -> None:
+    deadline = buf.config.shutdown_timeout
+    error: BaseException | str | None = None
+    try:
+        with trio.fail_after(job_timeout) if job_timeout is not None else nullcontext():
+            await handler(job)
+    except trio.TooSlowError:
+        error = f"job timed out after {job_timeout:g}s"
+    except Exception as exc:
+        error = exc
+    except BaseException:  # cancelled (shutdown): the job goes back, unprocessed
+        with trio.CancelScope(shield=True), trio.move_on_after(deadline):
+            await _quietly(buf.release(job), job)
+        raise
+    with trio.CancelScope(shield=True), trio.move_on_after(deadline):
+        await _quietly(buf.complete(job) if error is None else buf.fail(job, error), job)
+
+
+async def _quietly(ack: Awaitable[Any], job: Job) -> None:
+    try:
+        await ack
+    except BufferClosedError:
+        log.warning("jobbuf: ack of job %s refused: the buffer has exited (the job is redelivered)", job.id)
+    except JobbufError as exc:
+        log.warning("jobbuf: ack of job %s not applied: %s", job.id, exc)
