@@ -67,7 +67,6 @@ class JobBuffer:
         self._in_flight: dict[int, Job] = {}  # taken, not yet acked
         self._discarded: list[Job] = []  # TTL-discarded, awaiting release by the poller
         self._handed_off: set[int] = set()  # own claims given away by stop(release=False)
-        self._reserved = 0  # capacity reserved by a claim in progress
         self._takers = trio.lowlevel.ParkingLot()
         self._wake = trio.Event()
         self._poller_scope: trio.CancelScope | None = None
@@ -241,7 +240,7 @@ class JobBuffer:
         """
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
-        free = self.config.capacity - len(self._entries) - self._reserved
+        free = self._free()
         now, taken = trio.current_time(), 0
         for job in jobs:
             if taken >= free:
@@ -325,19 +324,15 @@ class JobBuffer:
         return len(self._entries) < self.config.low_water and self._free() > 0
 
     def _free(self) -> int:
-        return self.config.capacity - len(self._entries) - self._reserved
+        return self.config.capacity - len(self._entries)
 
     async def _claim_once(self) -> bool:
         """Claim one batch; return whether it came back full (more may be ready)."""
         limit = min(self.config.claim_size, self._free())
-        self._reserved += limit
-        try:
-            result = await self._source.claim(
-                owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
-                lease=self.config.lease, default_max_attempts=self.config.max_attempts,
-            )  # fmt: skip
-        finally:
-            self._reserved -= limit
+        result = await self._source.claim(
+            owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
+            lease=self.config.lease, default_max_attempts=self.config.max_attempts,
+        )  # fmt: skip
         c = self._counters
         c.polls += 1
         c.dead += result.dead + result.quarantined
@@ -345,11 +340,16 @@ class JobBuffer:
         if not result.jobs:
             c.empty_polls += 1
             return False
-        now = trio.current_time()
-        self._entries.extend((job, now) for job in result.jobs)
         c.claimed += len(result.jobs)
         c.last_claim_at = time.time()
-        self._takers.unpark(count=len(result.jobs))
+        # offer_jobs may have filled the buffer while the claim ran (offers win): what no
+        # longer fits goes straight back.
+        fits = self._free()
+        now = trio.current_time()
+        self._entries.extend((job, now) for job in result.jobs[:fits])
+        self._takers.unpark(count=min(fits, len(result.jobs)))
+        if len(result.jobs) > fits:
+            await self._release(result.jobs[fits:])
         return len(result.jobs) + result.dead + result.quarantined >= limit
 
     def _sweep_stale(self) -> None:

@@ -76,20 +76,28 @@ class Listener:
         delay = 0.1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch)
+            started = False
+
+            def up() -> None:
+                nonlocal started, delay
+                delay = 0.1
+                if not started:
+                    started = True
+                    task_status.started()
+
             while True:
                 try:
-                    await self._session(task_status)
+                    await self._session(up)
                 except _CONNECT_ERRORS as exc:
                     self.errors += 1
                     self.last_error = redact_dsn(f"{type(exc).__name__}: {exc}")
                     log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
-                task_status.started()  # no-op after the first time
-                task_status = trio.TASK_STATUS_IGNORED
+                up()
                 await trio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
                 self.reconnects += 1
 
-    async def _session(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _session(self, up: Callable[[], None]) -> None:
         lost = trio.Event()
 
         async def connect() -> Any:
@@ -106,7 +114,7 @@ class Listener:
         try:
             self.connected = True
             self.backend_pid = conn.get_server_pid()
-            task_status.started()
+            up()
             self._wake(None)  # anything enqueued while we were not listening
             while not lost.is_set():
                 with trio.move_on_after(self._health_interval):

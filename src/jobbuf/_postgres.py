@@ -77,6 +77,8 @@ class PostgresJobSource:
         self._ack_sql = sql.ack(keep_completed)
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
         self.listener = Listener(dsn, sql.jobs_channel)
+        self.migrated: list[int] = []
+        """Migration versions applied when this source was opened with ``migrate=True``."""
 
     # -- plumbing --------------------------------------------------------------------------
     async def _call(self, op: Callable[..., Awaitable[T]], *args: Any, retry: bool = False) -> T:
@@ -380,7 +382,10 @@ async def open_postgres_source(
                 source = PostgresJobSource(
                     pool, dsn, Statements(schema), keep_completed=keep_completed, retry_timeout=retry_timeout
                 )
-                await (source.migrate() if migrate else source.check_schema())
+                if migrate:
+                    source.migrated = await source.migrate()
+                else:
+                    await source.check_schema()
                 async with trio.open_nursery() as nursery:
                     await nursery.start(source.listener.run)
                     yield source

@@ -1,0 +1,158 @@
+"""The ``jobbuf`` command: migrate, enqueue, status, requeue, demo.
+
+Every expected failure (bad input, unreachable database, missing schema) prints one line
+on stderr and exits with code 2; no traceback. SIGINT and SIGTERM become cancellation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from jobbuf_monitor.embedded import cli_dsn, redact_dsn
+
+from ._errors import JobbufError
+from ._postgres import PostgresJobSource, open_postgres_source
+from ._trio_util import single_error
+
+__all__ = ["main"]
+
+Command = Callable[[PostgresJobSource, argparse.Namespace], Awaitable[None]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobbuf", description="Operate a jobbuf job table in PostgreSQL.")
+    p.add_argument("--dsn", help="PostgreSQL URL (default: $JOBBUF_DSN, else the embedded server)")
+    p.add_argument("--schema", default="jobbuf", help="schema holding jobbuf's tables (default: jobbuf)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    enq = sub.add_parser("enqueue", help="add jobs to a queue")
+    enq.add_argument("queue")
+    enq.add_argument("payload", help="the job's payload, as JSON")
+    enq.add_argument("--count", type=int, default=1, help="how many copies to add (default 1)")
+    enq.add_argument("--priority", type=int, default=0)
+    enq.add_argument("--delay", type=float, default=0.0, help="seconds until the jobs become ready")
+    enq.add_argument("--max-attempts", type=int, default=None)
+    st = sub.add_parser("status", help="counts per queue and status, and live workers")
+    st.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    rq = sub.add_parser("requeue", help="put dead jobs back to pending (attempts reset)")
+    rq.add_argument("queue")
+    rq.add_argument("--dead", action="store_true", required=True, help="requeue dead jobs (required)")
+    rq.add_argument("--id", type=int, action="append", dest="ids", help="only this job id (repeatable)")
+    demo = sub.add_parser("demo", help="run a demo workload until interrupted (the monitor shows it)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    return p
+
+
+async def _migrate(source: PostgresJobSource, args: argparse.Namespace) -> None:
+    applied = source.migrated  # opened with migrate=True
+    done = f"applied migration(s) {applied}" if applied else "already up to date"
+    print(f"jobbuf: schema {source.schema!r} at {source.dsn}: {done}")
+
+
+async def _enqueue(source: PostgresJobSource, args: argparse.Namespace) -> None:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise JobbufError(f"payload {args.payload!r} is not JSON: {exc}") from None
+    if args.count < 1:
+        raise JobbufError(f"--count {args.count} is invalid: it must be >= 1")
+    run_at = datetime.now(UTC) + timedelta(seconds=args.delay) if args.delay > 0 else None
+    with trio.fail_after(60):
+        ids = await source.enqueue_many(
+            args.queue, [payload] * args.count, priority=args.priority, run_at=run_at, max_attempts=args.max_attempts
+        )
+    shown = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
+    print(f"jobbuf: enqueued {len(ids)} job(s) on {args.queue!r} (id {shown})")
+
+
+async def _status(source: PostgresJobSource, args: argparse.Namespace) -> None:
+    queues = [vars_of(q) for q in await source.queue_counts()]
+    workers = await source.workers()
+    if args.json:
+        print(json.dumps({"queues": queues, "workers": workers}, default=str, indent=2))
+        return
+    cols = ("queue", "pending", "scheduled", "claimed", "dead", "done", "oldest_pending_age")
+    rows = [[_cell(q[c]) for c in cols] for q in queues]
+    print(_table(cols, rows) if rows else "no jobs")
+    wcols = ("worker_id", "host", "pid", "heartbeat_age", "depth", "claimed", "completed", "failed")
+    wrows = [[_cell(w.get(c, w["stats"].get(c))) for c in wcols] for w in workers]
+    print()
+    print(_table(wcols, wrows) if wrows else "no live workers")
+
+
+async def _requeue(source: PostgresJobSource, args: argparse.Namespace) -> None:
+    ids = await source.requeue_dead(args.queue, args.ids)
+    print(f"jobbuf: requeued {len(ids)} dead job(s) on {args.queue!r}")
+
+
+async def _demo(source: PostgresJobSource, args: argparse.Namespace) -> None:
+    from ._demo import run_demo
+
+    await run_demo(source, duration=args.duration)
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+def _table(cols: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+COMMANDS: dict[str, Command] = {
+    "migrate": _migrate, "enqueue": _enqueue, "status": _status, "requeue": _requeue, "demo": _demo,
+}  # fmt: skip
+
+
+async def _run(args: argparse.Namespace, dsn: str) -> None:
+    # SIGINT/SIGTERM cancel the work (a raw KeyboardInterrupt can hang trio-asyncio).
+    import signal
+
+    with single_error():
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_signals)
+            migrate = args.command in ("migrate", "demo")
+            async with open_postgres_source(dsn, schema=args.schema, migrate=migrate) as source:
+                await COMMANDS[args.command](source, args)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    dsn = ""
+    try:
+        dsn = cli_dsn(args.dsn)
+        trio.run(_run, args, dsn)
+    except (JobbufError, ValueError, OSError) as exc:
+        message = redact_dsn(str(exc)) if dsn else str(exc)
+        print(f"jobbuf: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The buffer against real PostgreSQL (issue 2's acceptance points)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import trio
+from pg_helpers import sql, statuses, wait_until
+
+from jobbuf import BufferConfig, JobBuffer, PostgresJobSource, open_job_buffer
+
+Pg = tuple[PostgresJobSource, str]
+
+
+async def test_two_buffers_claim_disjoint_batches(pg: Pg) -> None:
+    source, _ = pg
+    with trio.fail_after(20):
+        await source.enqueue_many("default", list(range(60)))
+        cfg = BufferConfig(capacity=25, low_water=1, poll_interval=5)
+        async with open_job_buffer(source, "a", cfg) as a, open_job_buffer(source, "b", cfg) as b:
+            await wait_until(lambda: a.depth == 25 and b.depth == 25)
+            ids_a = {(await a.take_job(0)).id for _ in range(25)}  # type: ignore[union-attr]
+            ids_b = {(await b.take_job(0)).id for _ in range(25)}  # type: ignore[union-attr]
+            assert len(ids_a) == 25 and len(ids_b) == 25
+            assert not ids_a & ids_b
+            rows = await source.job_states(sorted(ids_a | ids_b))
+            assert {r.owner for r in rows if r.id in ids_a} == {a.instance}
+            assert {r.owner for r in rows if r.id in ids_b} == {b.instance}
+
+
+async def test_refill_below_low_water_never_exceeds_capacity(pg: Pg) -> None:
+    source, _ = pg
+    with trio.fail_after(20):
+        await source.enqueue_many("default", list(range(100)))
+        cfg = BufferConfig(capacity=10, low_water=4, batch_size=5, poll_interval=30)
+        async with open_job_buffer(source, "w", cfg) as buf:
+            await wait_until(lambda: buf.depth >= 4)
+            await trio.sleep(0.3)
+            first = buf.depth
+            assert 4 <= first <= 10  # claims stop once depth reaches low_water
+            depths = []
+            for _ in range(40):
+                job = await buf.take_job(5)
+                assert job is not None
+                await buf.complete(job)
+                depths.append(buf.depth)
+                await trio.sleep(0.01)
+            assert max(depths) <= 10
+            assert buf.stats().claimed >= 40  # refilled well past the first batches
+            assert buf.stats().claimed <= 40 + 10
+
+
+async def test_enqueue_wakes_idle_buffer_before_poll_interval(pg: Pg) -> None:
+    source, _ = pg
+    with trio.fail_after(20):
+        cfg = BufferConfig(poll_interval=30)
+        async with open_job_buffer(source, "w", cfg) as buf:
+            await trio.sleep(0.3)  # idle: the first empty poll has happened
+            for _ in range(3):
+                start = time.monotonic()
+                await source.enqueue("default", {"x": 1})
+                job = await buf.take_job(10)
+                assert job is not None
+                assert time.monotonic() - start < 2.0  # NOTIFY, not the 30 s poll
+                await buf.complete(job)
+
+
+async def test_jobs_arrive_by_polling_when_listener_is_killed(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(30):
+        source.listener._health_interval = 60  # keep it down: only the poll can deliver
+        cfg = BufferConfig(poll_interval=0.5)
+        async with open_job_buffer(source, "w", cfg) as buf:
+            await wait_until(lambda: source.listener.connected)
+            pid = source.listener.backend_pid
+            await sql(dsn, "SELECT pg_terminate_backend($1)", pid)
+            await wait_until(lambda: source.listener.backend_pid != pid or not source.listener.connected)
+            await source.enqueue("default", {"x": 1})
+            job = await buf.take_job(5)
+            assert job is not None and job.payload == {"x": 1}
+            await buf.complete(job)
+            # and the listener comes back by itself
+            await wait_until(lambda: source.listener.connected and source.listener.backend_pid != pid)
+            assert source.listener.reconnects >= 1
+
+
+async def test_take_job_returns_none_after_timeout(pg: Pg) -> None:
+    source, _ = pg
+    with trio.fail_after(10):
+        async with open_job_buffer(source, "w") as buf:
+            start = time.monotonic()
+            assert await buf.take_job(0.3) is None
+            assert time.monotonic() - start >= 0.3
+            assert await buf.take_job(0) is None
+
+
+async def test_ttl_discarded_job_is_pending_again_with_attempts_unchanged(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(20):
+        (job_id,) = await source.enqueue_many("default", [{"x": 1}])
+        cfg = BufferConfig(ttl=0.3, poll_interval=30, capacity=1, low_water=1)
+        async with open_job_buffer(source, "w", cfg) as buf:
+            await wait_until(lambda: buf.stats().claimed == 1)
+            # the poller sweeps it after the TTL even though nobody takes
+            await wait_until(lambda: buf.stats().discarded >= 1 and buf.stats().released >= 1)
+            assert buf.stats().taken == 0
+            # Released with the attempt given back: it is claimable again and every
+            # re-claim counts one attempt, never more.
+            status, attempts, _ = (await statuses(dsn, source.schema))[job_id]
+            assert (status, attempts) in {("pending", 0), ("claimed", 1)}
+            await buf.stop()
+            assert (await statuses(dsn, source.schema))[job_id] == ("pending", 0, None)
+
+
+async def test_stop_returns_undispatched_jobs_and_releases_them(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(20):
+        ids = await source.enqueue_many("default", list(range(8)))
+        async with open_job_buffer(source, "w", BufferConfig(capacity=10, poll_interval=30)) as buf:
+            await wait_until(lambda: buf.depth == 8)
+            taken = await buf.take_job(0)
+            assert taken is not None
+            jobs = await buf.stop()
+            assert sorted(j.id for j in jobs) == sorted(set(ids) - {taken.id})
+            rows = await statuses(dsn, source.schema)
+            assert all(rows[j.id][:2] == ("pending", 0) for j in jobs)
+            assert rows[taken.id][0] == "claimed"
+            await buf.complete(taken)  # acks of taken jobs still work after stop
+            assert await buf.stop() == []  # idempotent
+            assert not buf.running
+
+
+async def test_stop_without_release_leaves_jobs_claimed(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(20):
+        await source.enqueue_many("default", list(range(5)))
+        async with open_job_buffer(source, "w", BufferConfig(poll_interval=30)) as buf:
+            await wait_until(lambda: buf.depth == 5)
+            jobs = await buf.stop(release=False)
+            assert len(jobs) == 5
+            rows = await statuses(dsn, source.schema)
+            assert all(rows[j.id] == ("claimed", 1, buf.instance) for j in jobs)
+            # handed to another buffer, they can still be completed there
+            async with open_job_buffer(source, "other", BufferConfig(poll_interval=30)) as other:
+                assert other.offer_jobs(jobs) == 5
+                for _ in range(5):
+                    job = await other.take_job(1)
+                    assert job is not None
+                    await other.complete(job)
+        assert await statuses(dsn, source.schema) == {}
+
+
+async def test_leaving_the_context_releases_everything(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(20):
+        ids = await source.enqueue_many("default", list(range(30)))
+        async with open_job_buffer(source, "w", BufferConfig(capacity=20, poll_interval=30)) as buf:
+            await wait_until(lambda: buf.depth == 20)
+            taken = [await buf.take_job(0) for _ in range(3)]  # in flight, never acked
+            assert all(taken)
+            instance = buf.instance
+        rows = await statuses(dsn, source.schema)
+        assert sorted(rows) == sorted(ids)
+        assert all(r == ("pending", 0, None) for r in rows.values()), rows
+        assert not await sql(dsn, f'SELECT 1 FROM "{source.schema}".workers WHERE instance = $1', instance)
+        assert buf.stats().released == 20
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_cancelled_take_job_never_loses_a_job(pg: Pg, seed: int) -> None:
+    source, dsn = pg
+    rng = random.Random(seed)
+    with trio.fail_after(60):
+        ids = set(await source.enqueue_many("default", list(range(60))))
+        got: list[int] = []
+        cfg = BufferConfig(capacity=7, low_water=3, poll_interval=0.05)
+        async with open_job_buffer(source, "w", cfg) as buf:
+            while len(got) < 30:
+                with trio.move_on_after(rng.choice([0, 0.0001, 0.001, 0.003, 0.01])):
+                    job = await buf.take_job()
+                    got.append(job.id)  # type: ignore[union-attr]
+                    await buf.complete(job)  # type: ignore[arg-type]
+        rows = await statuses(dsn, source.schema)
+        assert len(got) == len(set(got))  # never handed out twice
+        assert set(got).isdisjoint(rows)  # completed rows are gone
+        assert set(rows) == ids - set(got)  # everything else is back, untouched
+        assert all(r == ("pending", 0, None) for r in rows.values())
+
+
+async def test_second_start_raises(pg: Pg) -> None:
+    from jobbuf import BufferAlreadyRunningError
+
+    source, _ = pg
+    with trio.fail_after(10):
+        buf = JobBuffer(source, "w")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(buf.run)
+            assert buf.running
+            with pytest.raises(BufferAlreadyRunningError) as info:
+                await nursery.start(buf.run)
+            assert isinstance(info.value, RuntimeError)
+            nursery.cancel_scope.cancel()
