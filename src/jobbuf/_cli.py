@@ -17,8 +17,10 @@ import trio
 
 from jobbuf_monitor.embedded import cli_dsn, redact_dsn
 
+from ._config import check_identifier
 from ._errors import JobbufError
 from ._postgres import PostgresJobSource, open_postgres_source
+from ._source import check_enqueue
 from ._trio_util import single_error
 
 __all__ = ["main"]
@@ -56,13 +58,23 @@ async def _migrate(source: PostgresJobSource, args: argparse.Namespace) -> None:
     print(f"jobbuf: schema {source.schema!r} at {source.dsn}: {done}")
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Validate input before connecting, so a typo never waits on the network."""
+    if args.command == "enqueue":
+        try:
+            args.payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise JobbufError(f"payload {args.payload!r} is not JSON: {exc}") from None
+        if args.count < 1:
+            raise JobbufError(f"--count {args.count} is invalid: it must be >= 1")
+        check_enqueue(args.queue, args.priority, None, args.max_attempts)
+    if args.command == "requeue":
+        check_identifier("queue", args.queue)
+    check_identifier("schema", args.schema)
+
+
 async def _enqueue(source: PostgresJobSource, args: argparse.Namespace) -> None:
-    try:
-        payload = json.loads(args.payload)
-    except ValueError as exc:
-        raise JobbufError(f"payload {args.payload!r} is not JSON: {exc}") from None
-    if args.count < 1:
-        raise JobbufError(f"--count {args.count} is invalid: it must be >= 1")
+    payload = args.payload
     run_at = datetime.now(UTC) + timedelta(seconds=args.delay) if args.delay > 0 else None
     with trio.fail_after(60):
         ids = await source.enqueue_many(
@@ -145,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     dsn = ""
     try:
+        _check_args(args)
         dsn = cli_dsn(args.dsn)
         trio.run(_run, args, dsn)
     except (JobbufError, ValueError, OSError) as exc:

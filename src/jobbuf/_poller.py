@@ -46,7 +46,7 @@ async def poll_loop(buf: JobBuffer) -> None:
             buf._record_error("poll", exc)
             await trio.sleep(_jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)), 0.5))
             continue
-        with trio.move_on_after(_jitter(min(buf.config.poll_interval, buf._next_expiry()))):
+        with trio.move_on_after(min(_jitter(buf.config.poll_interval), buf._next_expiry())):
             await wake.wait()
 
 

@@ -1,0 +1,269 @@
+"""JobBuffer on MemoryJobSource, in virtual time (autojump clock)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from jobbuf import (
+    BufferAlreadyRunningError,
+    BufferClosedError,
+    BufferConfig,
+    ConfigError,
+    DatabaseUnavailableError,
+    Job,
+    JobBuffer,
+    LeaseLostError,
+    MemoryJobSource,
+    open_job_buffer,
+    run_workers,
+)
+
+
+async def _states(source: MemoryJobSource) -> dict[int, tuple[str, int]]:
+    return {s.id: (s.status, s.attempts) for s in await source.job_states()}
+
+
+async def test_claims_in_batches_up_to_capacity(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(100)))
+    async with open_job_buffer(source, "w", BufferConfig(capacity=10, low_water=3, batch_size=4)) as buf:
+        await trio.sleep(1)
+        assert 3 <= buf.depth <= 10
+        stats = buf.stats()
+        assert stats.claimed == buf.depth and stats.polls == stats.claimed // 4 + (stats.claimed % 4 > 0)
+
+
+async def test_take_below_low_water_triggers_refill(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(50)))
+    cfg = BufferConfig(capacity=10, low_water=5, poll_interval=1000)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(0.1)
+        assert buf.depth == 10
+        for _ in range(5):
+            await buf.take_job()
+        await trio.sleep(0.1)
+        assert buf.depth == 5  # at the mark: no claim yet
+        await buf.take_job()
+        await trio.sleep(0.1)
+        assert buf.depth == 10  # crossed it: refilled without waiting for the poll
+
+
+async def test_idle_buffer_repolls_every_poll_interval(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=10)) as buf:
+        await trio.sleep(100)
+        assert 9 <= buf.stats().empty_polls <= 13
+
+
+async def test_take_job_timeout_returns_none(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_job_buffer(MemoryJobSource(), "w") as buf:
+        start = trio.current_time()
+        assert await buf.take_job(5) is None
+        assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_stale_entry_is_discarded_at_take_and_released(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    cfg = BufferConfig(ttl=10, poll_interval=1000)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(1)
+        stale = Job(id=999, queue="default", payload=None)  # hand-built: no claim
+        assert buf.offer_jobs([stale]) == 1
+        buf._entries[0] = (stale, trio.current_time() - 11)  # entered 11 s ago
+        assert await buf.take_job(0) is None
+        assert buf.stats().discarded == 1
+
+
+async def test_ttl_sweep_releases_claimed_job_with_attempt_given_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", [1])
+    cfg = BufferConfig(ttl=10, poll_interval=1000, capacity=1, low_water=1)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(5)
+        assert (await _states(source))[job_id] == ("claimed", 1)
+        await trio.sleep(5.5)
+        assert buf.stats().discarded == 1 and buf.stats().released == 1
+        stopped = await buf.stop()
+    assert stopped == [] or [j.id for j in stopped] == [job_id]
+    assert (await _states(source))[job_id] == ("pending", 0)
+
+
+async def test_claim_errors_are_counted_and_retried(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue("default", 1)
+    source.fail_next("claim", DatabaseUnavailableError("down"), times=3)
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+        job = await buf.take_job(30)
+        assert job is not None
+        stats = buf.stats()
+        assert stats.poll_errors == 3 and "down" in (stats.last_error or "")
+
+
+async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w") as buf:
+        async with trio.open_nursery() as nursery:
+
+            async def waiter() -> None:
+                with pytest.raises(BufferClosedError):
+                    await buf.take_job()
+
+            nursery.start_soon(waiter)
+            await trio.sleep(1)
+            assert await buf.stop() == []
+        with pytest.raises(BufferClosedError):
+            await buf.take_job(1)
+        with pytest.raises(BufferClosedError):
+            buf.offer_jobs([])
+
+
+async def test_stop_before_start_returns_empty_and_second_run_raises() -> None:
+    buf = JobBuffer(MemoryJobSource(), "w")
+    assert await buf.stop() == []
+    with trio.fail_after(5):
+        async with open_job_buffer(MemoryJobSource(), "w") as running:
+            with pytest.raises(BufferAlreadyRunningError):
+                await running.run()
+
+
+async def test_offer_jobs_takes_up_to_free_capacity(autojump_clock: trio.testing.MockClock) -> None:
+    cfg = BufferConfig(capacity=3, low_water=1, poll_interval=1000)
+    async with open_job_buffer(MemoryJobSource(), "w", cfg) as buf:
+        jobs = [Job(id=i, queue="default", payload=i) for i in range(5)]
+        assert buf.offer_jobs(jobs) == 3
+        assert buf.depth == 3 and buf.stats().offered == 3
+        assert [(await buf.take_job(0)).id for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
+        await buf.complete(jobs[0])  # no claim: counted only
+        assert buf.stats().completed == 1
+
+
+async def test_cancelled_take_leaves_the_job_buffered(autojump_clock: trio.testing.MockClock) -> None:
+    cfg = BufferConfig(capacity=5, low_water=1, poll_interval=1000)
+    async with open_job_buffer(MemoryJobSource(), "w", cfg) as buf:
+        got: list[int] = []
+        for i in range(200):
+            async with trio.open_nursery() as nursery:
+
+                async def take() -> None:
+                    job = await buf.take_job()
+                    got.append(job.id)  # type: ignore[union-attr]
+
+                nursery.start_soon(take)
+                await trio.sleep(0.001 * (i % 3))
+                buf.offer_jobs([Job(id=i, queue="default", payload=i)])
+                await trio.sleep(0.001 * (i % 2))
+                nursery.cancel_scope.cancel()
+        leftover = [job.id for job, _ in buf._entries]
+        assert sorted(got + leftover) == list(range(200))  # every job taken exactly once or still buffered
+
+
+async def test_run_workers_completes_and_fails(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    ids = await source.enqueue_many("default", list(range(20)), max_attempts=1)
+
+    async def handler(job: Job) -> None:
+        await trio.sleep(0.5)
+        if job.payload % 5 == 0:
+            raise ValueError(f"bad {job.payload}")
+
+    async with open_job_buffer(source, "w") as buf:
+        with trio.move_on_after(30):
+            await run_workers(buf, handler, concurrency=4)
+        stats = buf.stats()
+    assert (stats.completed, stats.failed, stats.dead) == (16, 4, 4)
+    dead = [s for s in await source.job_states() if s.status == "dead"]
+    assert sorted(s.id for s in dead) == [ids[i] for i in (0, 5, 10, 15)]
+    assert all("ValueError: bad" in (s.last_error or "") for s in dead)
+
+
+async def test_run_workers_cancellation_releases_running_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(10)))
+
+    async def forever(job: Job) -> None:
+        await trio.sleep_forever()
+
+    async with open_job_buffer(source, "w") as buf:
+        with trio.move_on_after(5):
+            await run_workers(buf, forever, concurrency=3)
+        assert buf.stats().released == 3
+    assert all(s.status == "pending" and s.attempts == 0 for s in await source.job_states())
+
+
+async def test_job_timeout_fails_the_job(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", [1])
+
+    async def slow(job: Job) -> None:
+        await trio.sleep(100)
+
+    async with open_job_buffer(source, "w") as buf:
+        with trio.move_on_after(20):
+            await run_workers(buf, slow, concurrency=1, job_timeout=10)
+    (state,) = await source.job_states([job_id])
+    assert state.status == "pending" and "timed out after 10s" in (state.last_error or "")
+
+
+async def test_ack_after_lease_lost_raises(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue("default", 1)
+    async with open_job_buffer(source, "w") as buf:
+        job = await buf.take_job()
+        assert job is not None and await source.release([job]) == [job.id]  # someone took it back
+        with pytest.raises(LeaseLostError):
+            await buf.complete(job)
+        assert buf.stats().lease_lost == 1
+
+
+async def test_acks_are_group_committed(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(40)))
+    async with open_job_buffer(source, "w") as buf:
+        await trio.sleep(1)
+        jobs = [await buf.take_job(0) for _ in range(40)]
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(buf.complete, job)
+        assert buf.stats().completed == 40
+        assert buf._acks.flushes <= 3
+
+
+async def test_bad_arguments_are_config_errors(autojump_clock: trio.testing.MockClock) -> None:
+    with pytest.raises(ConfigError, match="worker_id"):
+        JobBuffer(MemoryJobSource(), "")
+    with pytest.raises(ConfigError, match="config"):
+        JobBuffer(MemoryJobSource(), "w", {"capacity": 3})  # type: ignore[arg-type]
+    async with open_job_buffer(MemoryJobSource(), "w") as buf:
+        with pytest.raises(ConfigError, match="timeout"):
+            await buf.take_job(-1)
+        with pytest.raises(ConfigError, match="concurrency"):
+            await run_workers(buf, lambda job: trio.sleep(0), concurrency=0)
+
+
+async def test_fail_uses_backoff_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", [1])
+    attempts: list[float] = []
+
+    async def flaky(job: Job) -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+
+    cfg = BufferConfig(retry_base=1800, poll_interval=60)  # 30-minute first backoff
+    async with open_job_buffer(source, "w", cfg) as buf:
+        with trio.move_on_after(4 * 3600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_workers, buf, flaky)
+                while buf.stats().completed < 1:
+                    await trio.sleep(10)
+                nursery.cancel_scope.cancel()
+    assert len(attempts) == 3
+    assert 900 <= attempts[1] - attempts[0] <= 1800 + 61
+    assert 1800 <= attempts[2] - attempts[1] <= 3600 + 61
+    assert await source.job_states([job_id]) == []
