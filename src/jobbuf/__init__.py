@@ -20,7 +20,7 @@ from ._job import Claim, Job
 from ._memory import MemoryJobSource
 from ._postgres import PostgresJobSource, open_postgres_source
 from ._source import Ack, AckOutcome, ClaimResult, JobSource, JobState, QueueCounts, WorkerInfo
-from ._stats import BufferStats
+from ._stats import BufferStats, rates
 from ._workers import run_workers
 
 __version__ = "0.1.0"
@@ -49,5 +49,6 @@ __all__ = [
     "WorkerInfo",
     "open_job_buffer",
     "open_postgres_source",
+    "rates",
     "run_workers",
 ]

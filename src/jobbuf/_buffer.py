@@ -101,8 +101,21 @@ class JobBuffer:
         return BufferStats(
             worker_id=self._worker_id, instance=self._instance, running=self.running,
             capacity=self.config.capacity, depth=len(self._entries), in_flight=len(self._in_flight),
-            **self._counters.values(),
+            snapshot_at=time.time(), **self._counters.values(),
         )  # fmt: skip
+
+    async def subscribe_stats(self, interval: float | None = None) -> AsyncIterator[BufferStats]:
+        """Yield a snapshot now and then every ``interval`` seconds (default
+        ``config.stats_interval``) until the buffer's ``run`` has ended; the same snapshots
+        the buffer publishes to the database. Use :func:`jobbuf.rates` for per-second rates."""
+        every = self.config.stats_interval if interval is None else interval
+        if isinstance(every, bool) or not every > 0:
+            raise ConfigError(f"interval={interval!r} is invalid: pass seconds > 0, or None for stats_interval")
+        while True:
+            yield self.stats()
+            if self._state == "closed":
+                return
+            await trio.sleep(every)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["BufferStats", "Counters"]
+__all__ = ["BufferStats", "Counters", "rates"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +51,8 @@ class BufferStats:
     last_error: str | None = None
     last_claim_at: float | None = None
     started_at: float | None = None
+    snapshot_at: float = 0.0
+    """When this snapshot was taken (epoch seconds): rates are counter deltas over it."""
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a JSON-ready dict."""
@@ -81,3 +83,15 @@ class Counters:
     def values(self) -> dict[str, Any]:
         """Counter values keyed by ``BufferStats`` field name."""
         return asdict(self)
+
+
+RATE_FIELDS = ("claimed", "taken", "discarded", "completed", "failed", "released")
+
+
+def rates(before: BufferStats, after: BufferStats) -> dict[str, float]:
+    """Per-second rates of the main counters between two snapshots of one buffer
+    (derived from counter deltas, never estimated). Zero when no time passed."""
+    elapsed = after.snapshot_at - before.snapshot_at
+    if elapsed <= 0:
+        return dict.fromkeys(RATE_FIELDS, 0.0)
+    return {name: (getattr(after, name) - getattr(before, name)) / elapsed for name in RATE_FIELDS}
