@@ -7,9 +7,9 @@ import time
 
 import pytest
 import trio
-from pg_helpers import sql, statuses, wait_until
 
 from jobbuf import BufferConfig, JobBuffer, PostgresJobSource, open_job_buffer
+from pg_helpers import sql, statuses, wait_until
 
 Pg = tuple[PostgresJobSource, str]
 
