@@ -65,7 +65,16 @@ class PostgresJobSource:
     (the buffer's poller backs off). No message ever contains the DSN's password.
     """
 
-    def __init__(self, pool: Any, dsn: str, sql: Statements, *, keep_completed: bool, retry_timeout: float) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        dsn: str,
+        sql: Statements,
+        *,
+        keep_completed: bool,
+        retry_timeout: float,
+        application_name: str | None = None,
+    ) -> None:
         self._pool = pool
         self._dsn = dsn
         self.dsn = redact_dsn(dsn)
@@ -76,7 +85,8 @@ class PostgresJobSource:
         self._retry_timeout = retry_timeout
         self._ack_sql = sql.ack(keep_completed)
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
-        self.listener = Listener(dsn, sql.jobs_channel)
+        self.application_name = application_name
+        self.listener = Listener(dsn, sql.jobs_channel, application_name=application_name)
         self.migrated: list[int] = []
         """Migration versions applied when this source was opened with ``migrate=True``."""
 
@@ -231,7 +241,9 @@ class PostgresJobSource:
         return [row[0] for row in rows]
 
     async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
-        """Apply every ack in one statement; return one outcome per ack."""
+        """Apply every ack in one statement; return one outcome per ack, in order."""
+        if len({a.job.id for a in acks}) != len(acks):
+            return await self._ack_in_rounds(acks, default_max_attempts)
         ids, owners, tokens = _claim_arrays([a.job for a in acks])
         errors = [a.error for a in acks]
         delays = [a.retry_in for a in acks]
@@ -251,6 +263,23 @@ class PostgresJobSource:
 
         outcomes = await self._call(op, retry=True)
         return [outcomes.get(i, "lost") for i in ids]  # type: ignore[misc]
+
+    async def _ack_in_rounds(self, acks: Sequence[Ack], default_max_attempts: int) -> list[AckOutcome]:
+        # Two acks of one job in a batch would hit one row in one statement, where
+        # PostgreSQL does not say which wins: apply them in order, one round each.
+        seen: set[int] = set()
+        first: list[int] = []
+        for index, ack in enumerate(acks):
+            if ack.job.id not in seen:
+                seen.add(ack.job.id)
+                first.append(index)
+        later = [i for i in range(len(acks)) if i not in set(first)]
+        outcomes: list[AckOutcome] = ["lost"] * len(acks)
+        for indexes in (first, later):
+            results = await self.ack([acks[i] for i in indexes], default_max_attempts=default_max_attempts)
+            for i, outcome in zip(indexes, results, strict=True):
+                outcomes[i] = outcome
+        return outcomes
 
     async def heartbeat(
         self, worker: WorkerInfo, held: Sequence[Job], lease: float | None, stats: dict[str, Any]
@@ -362,8 +391,13 @@ async def open_postgres_source(
     pool_size: int = 10,
     retry_timeout: float = 10.0,
     connect_timeout: float = 5.0,
+    application_name: str | None = None,
 ) -> AsyncIterator[PostgresJobSource]:
     """Open a trio-asyncio loop, an asyncpg pool and a LISTEN connection on ``dsn``.
+
+    ``application_name``, when given, is set on every connection (pool and LISTEN), so
+    this source's sessions can be told apart in ``pg_stat_activity`` (monitoring, or
+    fault-injection tests that terminate only their own backends).
 
     Raises :class:`ConfigError` for a malformed DSN or schema name,
     :class:`DatabaseUnavailableError` when the server cannot be reached, and
@@ -374,14 +408,16 @@ async def open_postgres_source(
     check_identifier("schema", schema)
     if len(schema) > 48:
         raise ConfigError(f"schema={schema!r} is too long: use at most 48 characters")
+    _server_settings(application_name)  # validate eagerly, before any connection
     with single_error():
         async with trio_asyncio.open_loop() as loop:
             loop.set_exception_handler(_log_loop_exception)
-            pool = await _create_pool(dsn, pool_size, connect_timeout)
+            pool = await _create_pool(dsn, pool_size, connect_timeout, application_name)
             try:
                 source = PostgresJobSource(
-                    pool, dsn, Statements(schema), keep_completed=keep_completed, retry_timeout=retry_timeout
-                )
+                    pool, dsn, Statements(schema), keep_completed=keep_completed, retry_timeout=retry_timeout,
+                    application_name=application_name,
+                )  # fmt: skip
                 if migrate:
                     source.migrated = await source.migrate()
                 else:
@@ -394,9 +430,24 @@ async def open_postgres_source(
                 await _close_pool(pool)
 
 
-async def _create_pool(dsn: str, size: int, connect_timeout: float) -> Any:
+def _server_settings(application_name: str | None) -> dict[str, str] | None:
+    """asyncpg ``server_settings`` for an optional ``application_name``."""
+    if application_name is None:
+        return None
+    if not isinstance(application_name, str) or not application_name.isprintable() or len(application_name) > 63:
+        raise ConfigError(
+            f"application_name={application_name!r} is invalid: use a printable string of at most 63 characters"
+        )
+    return {"application_name": application_name}
+
+
+async def _create_pool(dsn: str, size: int, connect_timeout: float, application_name: str | None) -> Any:
+    settings = _server_settings(application_name)
+
     async def op() -> Any:
-        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, timeout=connect_timeout)
+        return await asyncpg.create_pool(
+            dsn, min_size=1, max_size=size, timeout=connect_timeout, server_settings=settings
+        )
 
     try:
         return await trio_asyncio.aio_as_trio(op)()

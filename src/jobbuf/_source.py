@@ -20,7 +20,15 @@ from ._job import Job
 
 __all__ = [
     "check_enqueue",
-    "encode_payload","Ack", "AckOutcome", "ClaimResult", "JobSource", "JobState", "QueueCounts", "WorkerInfo"]
+    "encode_payload",
+    "Ack",
+    "AckOutcome",
+    "ClaimResult",
+    "JobSource",
+    "JobState",
+    "QueueCounts",
+    "WorkerInfo",
+]
 
 AckOutcome = Literal["done", "retry", "dead", "lost"]
 """What an ack did: completed, scheduled a retry, made the job dead, or was rejected
@@ -45,9 +53,9 @@ def check_enqueue(queue: str, priority: int, run_at: datetime | None, max_attemp
     if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
         raise ConfigError(f"run_at={run_at!r} is invalid: pass a timezone-aware datetime (or None for now)")
     if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2**31
     ):
-        raise ConfigError(f"max_attempts={max_attempts!r} is invalid: it must be an int >= 1 (or None)")
+        raise ConfigError(f"max_attempts={max_attempts!r} is invalid: it must be an int from 1 to 2**31-1 (or None)")
 
 
 @dataclass(frozen=True, slots=True)
