@@ -56,7 +56,7 @@ STATS_DEFAULTS: Final[dict[str, Any]] = {
     "in_flight": 0, "claimed": 0, "taken": 0, "offered": 0, "discarded": 0, "released": 0,
     "completed": 0, "failed": 0, "dead": 0, "quarantined": 0, "lease_lost": 0, "polls": 0,
     "empty_polls": 0, "poll_errors": 0, "last_error": None, "last_claim_at": None,
-    "started_at": None,
+    "started_at": None, "snapshot_at": None,
 }  # fmt: skip
 """Every ``BufferStats`` field with the value shown when a worker has not published it yet."""
 
@@ -230,18 +230,25 @@ async def connect(dsn: str, connect_timeout: float = 5.0) -> asyncpg.Connection:
 def with_rates(current: Snapshot, previous: Snapshot | None) -> Snapshot:
     """``current`` with per-worker and total rates from counter deltas since ``previous``.
 
-    Only instances present in both snapshots count; a counter that went down (impossible
-    for one instance, but the row may be rewritten) contributes zero.
+    The interval is the one between the buffer's own snapshots (``snapshot_at``), so a
+    refresh that reads the same published snapshot twice keeps the last rate instead of
+    reporting zero. Only instances present in both snapshots count; a counter that went
+    down (impossible for one instance, but the row may be rewritten) contributes zero.
     """
     totals = dict.fromkeys(RATE_KEYS, 0.0)
     before = {w["instance"]: w for w in previous.workers} if previous else {}
-    dt = current.taken_at - previous.taken_at if previous else 0.0
+    read_dt = current.taken_at - previous.taken_at if previous else 0.0
     for worker in current.workers:
         old = before.get(worker["instance"])
+        dt = read_dt
+        if old is not None and worker.get("snapshot_at") and old.get("snapshot_at"):
+            dt = float(worker["snapshot_at"]) - float(old["snapshot_at"])
         for rate, counter in RATE_KEYS.items():
             value = 0.0
             if old is not None and dt > 0:
                 value = max(0.0, (int(worker[counter] or 0) - int(old[counter] or 0)) / dt)
+            elif old is not None:
+                value = float(old.get(rate) or 0.0)  # same snapshot read again
             worker[rate] = round(value, 2)
             totals[rate] += value
     rates = {k: round(v, 2) for k, v in totals.items()} if previous else {}
