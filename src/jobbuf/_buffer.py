@@ -21,7 +21,13 @@ import trio
 from . import _poller
 from ._acks import AckBatcher
 from ._config import BufferConfig
-from ._errors import BufferAlreadyRunningError, BufferClosedError, ConfigError, LeaseLostError
+from ._errors import (
+    BufferAlreadyRunningError,
+    BufferClosedError,
+    ConfigError,
+    DatabaseUnavailableError,
+    LeaseLostError,
+)
 from ._job import Job
 from ._source import Ack, AckOutcome, JobSource, WorkerInfo
 from ._stats import BufferStats, Counters
@@ -67,6 +73,10 @@ class JobBuffer:
         self._in_flight: dict[int, Job] = {}  # taken, not yet acked
         self._discarded: list[Job] = []  # TTL-discarded, awaiting release by the poller
         self._handed_off: set[int] = set()  # own claims given away by stop(release=False)
+        # Jobs whose ack raised DatabaseUnavailableError: maybe applied, maybe still claimed
+        # by us. Not held (no lease extension for a job nobody works on), but a shutdown that
+        # cannot reach the database names them among the unreleased jobs.
+        self._unconfirmed: dict[int, Job] = {}
         self._takers = trio.lowlevel.ParkingLot()
         self._wake = trio.Event()
         self._poller_scope: trio.CancelScope | None = None
@@ -297,7 +307,12 @@ class JobBuffer:
         """Give a taken job back to the source unprocessed (attempt given back). Returns
         whether the row was released (False if its claim no longer matches)."""
         self._in_flight.pop(job.id, None)
-        released = await self._release([job])
+        try:
+            released = await self._release([job])
+        except DatabaseUnavailableError:
+            self._unconfirmed[job.id] = job  # still ours as far as we know (see __init__)
+            raise
+        self._unconfirmed.pop(job.id, None)
         return job.id in released
 
     async def _ack(self, ack: Ack) -> None:
@@ -310,8 +325,12 @@ class JobBuffer:
                 outcome: AckOutcome = "done" if ack.error is None else "retry"
             else:
                 outcome = await self._acks.submit(ack)
+        except DatabaseUnavailableError:
+            self._unconfirmed[job.id] = job
+            raise
         finally:
             self._in_flight.pop(job.id, None)
+        self._unconfirmed.pop(job.id, None)
         self._count_outcome(outcome)
         if outcome == "lost":
             raise LeaseLostError(

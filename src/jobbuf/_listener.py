@@ -30,8 +30,12 @@ class Listener:
     once back, wakes every subscriber, since notifications sent meanwhile are lost.
     """
 
-    def __init__(self, dsn: str, channel: str, health_interval: float = 10.0) -> None:
+    def __init__(
+        self, dsn: str, channel: str, health_interval: float = 10.0, *, application_name: str | None = None
+    ) -> None:
         self._dsn = dsn
+        # Same application_name as the source's pool, so its session is identifiable too.
+        self._server_settings = None if application_name is None else {"application_name": application_name}
         self._channel = channel
         self._health_interval = health_interval
         self._subscribers: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
@@ -101,7 +105,7 @@ class Listener:
         lost = trio.Event()
 
         async def connect() -> Any:
-            conn = await asyncpg.connect(self._dsn, timeout=5)
+            conn = await asyncpg.connect(self._dsn, timeout=5, server_settings=self._server_settings)
             try:
                 await conn.add_listener(self._channel, self._on_notify)
             except BaseException:

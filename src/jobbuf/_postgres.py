@@ -102,7 +102,9 @@ class PostgresJobSource:
             except MISSING_SCHEMA as exc:
                 problem = f"schema {self.schema!r} is missing or incomplete ({exc})"
                 raise SchemaError(self._schema_fix(problem)) from None
-            except TRANSIENT as exc:
+            except (*TRANSIENT, asyncpg.InternalClientError) as exc:
+                if isinstance(exc, asyncpg.InternalClientError) and not _is_dead_connection(exc):
+                    raise
                 if trio.current_time() + delay > deadline:
                     raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {_reason(exc)}") from None
                 log.warning("database unavailable at %s (%s); retrying", self.dsn, _reason(exc))
@@ -363,6 +365,19 @@ def _claim_arrays(jobs: Sequence[Job]) -> tuple[list[int], list[str | None], lis
         [j.claim.owner if j.claim else None for j in jobs],
         [j.claim.token if j.claim else None for j in jobs],
     )
+
+
+def _is_dead_connection(exc: BaseException) -> bool:
+    """Whether an ``InternalClientError`` means "this pooled connection was killed".
+
+    When a backend is terminated (``pg_terminate_backend``, a server restart), the server
+    sends a FATAL error and closes the socket. asyncpg parses the error first and waits,
+    in its "error consume" state, for a ReadyForQuery that never comes; a query sent on
+    that connection before the close is processed fails with "cannot switch to state N;
+    another operation (2) is in progress". The pool then discards the connection, so the
+    operation is transient like any other connection loss (retried where allowed).
+    """
+    return "cannot switch to state" in str(exc)
 
 
 def _reason(exc: BaseException) -> str:

@@ -30,6 +30,10 @@ async def shutdown(buf: JobBuffer) -> None:
     """
     cfg, source, instance = buf.config, buf._source, buf._instance
     held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
+    # An ack that failed for want of the database left its row claimed (as far as we know):
+    # release_owner covers it when the database answers; otherwise it is unreleased too.
+    known = {job.id for job in held}
+    held += [job for job in buf._unconfirmed.values() if job.id not in known]
     foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
     failure: BaseException | None = None
     with trio.CancelScope(shield=True):
@@ -43,6 +47,7 @@ async def shutdown(buf: JobBuffer) -> None:
                     released += await source.release(foreign)
                 buf._counters.released += len(released)
                 buf._in_flight.clear()
+                buf._unconfirmed.clear()
                 held = []
                 await source.deregister(instance)
             except Exception as exc:
