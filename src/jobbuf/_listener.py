@@ -55,7 +55,11 @@ class Listener:
         """Register ``callback`` for ``queues``; return the function that unsubscribes."""
         key = next(self._ids)
         self._subscribers[key] = (frozenset(queues), callback)
-        return lambda: self._subscribers.pop(key, None) and None
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(key, None)
+
+        return unsubscribe
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         # Full means a wake-up for this burst is already queued: coalesce.
