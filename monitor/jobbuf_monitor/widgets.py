@@ -94,16 +94,33 @@ class WorkersTable(DataTable[Any]):
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
+        self._shown_keys: list[str] = []
+        self._shown_cells: list[list[Any]] = []
         for label in self.COLUMNS:
             self.add_column(label, key=label)
 
     def show(self, workers: Sequence[dict[str, Any]]) -> None:
-        """Replace the rows with ``workers`` (already sorted and filtered)."""
+        """Show ``workers`` (already sorted and filtered).
+
+        When the rows are the same instances in the same order, only the cells whose
+        text changed are updated: a full rebuild of 50 rows on every refresh is what
+        makes a busy dashboard lag behind key presses.
+        """
+        keys = [w["instance"] for w in workers]
+        cells = [self._cells(w) for w in workers]
+        if keys == self._shown_keys:
+            for key, new, old in zip(keys, cells, self._shown_cells, strict=True):
+                for column, value, before in zip(self.COLUMNS, new, old, strict=True):
+                    if str(value) != str(before) or getattr(value, "style", None) != getattr(before, "style", None):
+                        self.update_cell(key, column, value)
+            self._shown_cells = cells
+            return
         selected = self.selected_instance()
         self.clear()
-        for w in workers:
-            self.add_row(*self._cells(w), key=w["instance"])
-        index = next((i for i, w in enumerate(workers) if w["instance"] == selected), None)
+        for key, row in zip(keys, cells, strict=True):
+            self.add_row(*row, key=key)
+        self._shown_keys, self._shown_cells = keys, cells
+        index = next((i for i, key in enumerate(keys) if key == selected), None)
         if index is not None:
             self.move_cursor(row=index, animate=False)
 
