@@ -7,6 +7,8 @@ import pytest
 
 from jobbuf import PostgresJobSource
 
+pytest_plugins = ["pytester"]  # tests/testing runs inner pytest sessions
+
 
 @pytest.fixture
 def pg(postgres_source: PostgresJobSource, jobbuf_dsn: str) -> tuple[PostgresJobSource, str]:

@@ -147,7 +147,7 @@ class JobBuffer:
             worker_id=self._worker_id, instance=self._instance, host=socket.gethostname(), pid=os.getpid(),
             queues=self.config.queues, started_at=datetime.now(UTC), config=asdict(self.config),
         )  # fmt: skip
-        unsubscribe = self._source.listen(self.config.queues, self._wake_poller)
+        unsubscribe = self._source.listen(self.config.queues, self.wake)
         try:
             await self._publish(extend_leases=False)
             async with trio.open_nursery() as nursery:
@@ -348,9 +348,14 @@ class JobBuffer:
             c.failed += 1
             c.dead += outcome == "dead"
 
-    # -- used by the poller and shutdown -------------------------------------------------
-    def _wake_poller(self) -> None:
+    def wake(self) -> None:
+        """Ask the poller to look for jobs now instead of at its next ``poll_interval``.
+
+        A hint, like a NOTIFY: useful when jobs become due without an enqueue (a retry's
+        backoff or a ``run_at`` passing), which nothing announces."""
         self._wake.set()
+
+    # -- used by the poller and shutdown -------------------------------------------------
 
     def _want_claim(self) -> bool:
         return len(self._entries) < self.config.low_water and self._free() > 0

@@ -1,0 +1,1 @@
+"""A small example application that uses jobbuf (see ``test_myapp.py`` for its tests)."""
