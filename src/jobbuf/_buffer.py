@@ -29,6 +29,7 @@ from ._errors import (
     LeaseLostError,
 )
 from ._job import Job
+from ._shutdown import shutdown
 from ._source import Ack, AckOutcome, JobSource, WorkerInfo
 from ._stats import BufferStats, Counters
 from ._trio_util import single_error
@@ -149,7 +150,13 @@ class JobBuffer:
         )  # fmt: skip
         unsubscribe = self._source.listen(self.config.queues, self.wake)
         try:
-            await self._publish(extend_leases=False)
+            await self._publish(extend_leases=False)  # the first touch of the database
+        except BaseException:
+            unsubscribe()  # nothing was claimed yet: nothing to release
+            self._close()
+            self._state = "closed"
+            raise
+        try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_poller)
                 nursery.start_soon(_poller.heartbeat_loop, self)
@@ -157,7 +164,7 @@ class JobBuffer:
         finally:
             unsubscribe()
             self._close()
-            await self._shutdown()
+            await shutdown(self)
 
     async def _run_poller(self) -> None:
         try:
@@ -171,12 +178,6 @@ class JobBuffer:
         if self._state == "running":
             self._state = "stopped"
         self._takers.unpark_all()
-
-    async def _shutdown(self) -> None:
-        """Flush acks, release what this instance holds, deregister: shielded, bounded."""
-        from ._shutdown import shutdown  # keeps this module about the buffer itself
-
-        await shutdown(self)
 
     async def stop(self, join_timeout: float | None = None, *, release: bool = True) -> list[Job]:
         """Stop polling, wait for the poller (cancelling it after ``join_timeout``), drain

@@ -271,3 +271,13 @@ async def test_fail_uses_backoff_in_virtual_time(autojump_clock: trio.testing.Mo
     assert 900 <= attempts[1] - attempts[0] <= 1800 + 61
     assert 1800 <= attempts[2] - attempts[1] <= 3600 + 61
     assert await source.job_states([job_id]) == []
+
+
+async def test_start_failure_surfaces_at_once_as_itself(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    source.fail_next("heartbeat", DatabaseUnavailableError("no database"))
+    start = trio.current_time()
+    with pytest.raises(DatabaseUnavailableError, match="no database"):  # not an ExceptionGroup
+        async with open_job_buffer(source, "w"):
+            pytest.fail("the body must not run")
+    assert trio.current_time() - start < 0.1  # no shutdown retries: nothing was claimed
