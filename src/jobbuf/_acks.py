@@ -19,35 +19,60 @@ class _AckSink(Protocol):
 
 
 class _Item:
-    __slots__ = ("ack", "error", "outcome")
+    __slots__ = ("ack", "error", "flushed", "outcome")
 
     def __init__(self, ack: Ack) -> None:
         self.ack = ack
         self.outcome: AckOutcome | None = None
         self.error: BaseException | None = None
+        self.flushed: trio.Event | None = None  # set when the flush carrying it ends
 
 
 class AckBatcher:
-    """Leader/follower group commit.
+    """Leader/follower group commit, pipelined under load.
 
     A caller whose ack finds no flush in progress becomes the leader and flushes every ack
     queued so far in one ``source.ack`` call; acks that arrive meanwhile wait and form the
     next batch. So a lone ack pays one round trip and N concurrent acks pay about two.
+    Under load, once ``pipeline_batch`` acks are waiting, another flush may start while
+    earlier ones are in flight (at most ``max_flushes`` at once, each on its own pooled
+    connection), so throughput is not capped at one batch per round trip.
 
     Guarantees: ``submit`` returns only once its ack is durable (or raises). A flush is
     shielded from cancellation and bounded by ``deadline`` seconds, so the acks of other
     callers in the same batch never depend on the leader staying alive. A caller cancelled
     before its ack joined a flush withdraws it (nothing applied); one cancelled later may
-    or may not have been applied.
+    or may not have been applied. Acks of different jobs commute, so concurrent flushes
+    may commit in any order; two acks of one job in one batch are applied in order.
     """
 
-    def __init__(self, source: _AckSink, default_max_attempts: int, deadline: float) -> None:
+    def __init__(
+        self,
+        source: _AckSink,
+        default_max_attempts: int,
+        deadline: float,
+        *,
+        max_flushes: int = 4,
+        pipeline_batch: int = 32,
+    ) -> None:
         self._source = source
         self._default_max_attempts = default_max_attempts
         self._deadline = deadline
+        self._max_flushes = max_flushes
+        self._pipeline_batch = pipeline_batch
         self._queue: list[_Item] = []
-        self._flushing: trio.Event | None = None
+        self._in_flight = 0
+        # Wakes the acks still queued (not those in a flush: they wait on their own
+        # flush's event), so a flush ending wakes only who may lead the next one.
+        self._flush_ended = trio.Event()
         self.flushes = 0
+
+    def _may_flush(self) -> bool:
+        if not self._queue:
+            return False
+        if self._in_flight == 0:
+            return True
+        return self._in_flight < self._max_flushes and len(self._queue) >= self._pipeline_batch
 
     async def submit(self, ack: Ack) -> AckOutcome:
         """Apply ``ack`` durably, batched with concurrent callers; return its outcome."""
@@ -55,12 +80,14 @@ class AckBatcher:
         self._queue.append(item)
         try:
             while item.outcome is None and item.error is None:
-                if self._flushing is not None:
-                    await self._flushing.wait()
-                else:
+                if item.flushed is not None:
+                    await item.flushed.wait()
+                elif self._may_flush():
                     await self._flush()
+                else:
+                    await self._flush_ended.wait()
         except BaseException:
-            if item in self._queue:  # never reached a flush: withdraw it
+            if item.flushed is None:  # never reached a flush: withdraw it
                 self._queue.remove(item)
             raise
         if item.error is not None:
@@ -69,16 +96,19 @@ class AckBatcher:
         return item.outcome
 
     async def drain(self) -> None:
-        """Flush everything queued and wait for any flush in progress."""
-        while self._flushing is not None or self._queue:
-            if self._flushing is not None:
-                await self._flushing.wait()
-            else:
+        """Flush everything queued and wait for every flush in progress."""
+        while self._in_flight or self._queue:
+            if self._queue and self._in_flight < self._max_flushes:
                 await self._flush()
+            else:
+                await self._flush_ended.wait()
 
     async def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        done = self._flushing = trio.Event()
+        flushed = trio.Event()
+        for item in batch:
+            item.flushed = flushed
+        self._in_flight += 1
         try:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._deadline if self._deadline > 0 else math.inf) as scope:
@@ -94,5 +124,7 @@ class AckBatcher:
                 item.error = exc
         finally:
             self.flushes += 1
-            self._flushing = None
-            done.set()
+            self._in_flight -= 1
+            flushed.set()
+            ended, self._flush_ended = self._flush_ended, trio.Event()
+            ended.set()

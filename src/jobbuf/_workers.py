@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
 from typing import Any
 
 import trio
@@ -54,20 +53,24 @@ async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -
 
 
 async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None) -> None:
-    deadline = buf.config.shutdown_timeout
+    # The hot path: no cancel scope per job unless a timeout is asked for, and one
+    # (shielded, with its deadline) around the ack.
     error: BaseException | str | None = None
     try:
-        with trio.fail_after(job_timeout) if job_timeout is not None else nullcontext():
+        if job_timeout is None:
             await handler(job)
+        else:
+            with trio.fail_after(job_timeout):
+                await handler(job)
     except trio.TooSlowError:
         error = f"job timed out after {job_timeout:g}s"
     except Exception as exc:
         error = exc
     except BaseException:  # cancelled (shutdown): the job goes back, unprocessed
-        with trio.CancelScope(shield=True), trio.move_on_after(deadline):
+        with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
             await _quietly(buf.release(job), job)
         raise
-    with trio.CancelScope(shield=True), trio.move_on_after(deadline):
+    with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
         await _quietly(buf.complete(job) if error is None else buf.fail(job, error), job)
 
 
