@@ -246,16 +246,18 @@ class PostgresJobSource:
         """Apply every ack in one statement; return one outcome per ack, in order."""
         if len({a.job.id for a in acks}) != len(acks):
             return await self._ack_in_rounds(acks, default_max_attempts)
-        ids, owners, tokens = _claim_arrays([a.job for a in acks])
-        errors = [a.error for a in acks]
-        delays = [a.retry_in for a in acks]
+        done = [a.job for a in acks if a.error is None]
+        failed = [a for a in acks if a.error is not None]
+        args = (
+            *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
+            [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
+        )  # fmt: skip
         ack_sql, existing_sql = self._ack_sql, self._sql.existing()
 
         async def op() -> dict[int, str]:
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(ack_sql, ids, owners, tokens, errors, delays, default_max_attempts)
-                outcomes: dict[int, str] = {row[0]: row[1] for row in rows}
-                missing = [i for i, e in zip(ids, errors, strict=True) if e is None and i not in outcomes]
+                outcomes: dict[int, str] = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
+                missing = [job.id for job in done if job.id not in outcomes]
                 if missing:
                     # A completion retried after a lost connection may already have been
                     # applied: a row that no longer exists was completed, not taken over.
@@ -264,7 +266,7 @@ class PostgresJobSource:
                 return outcomes
 
         outcomes = await self._call(op, retry=True)
-        return [outcomes.get(i, "lost") for i in ids]  # type: ignore[misc]
+        return [outcomes.get(a.job.id, "lost") for a in acks]  # type: ignore[misc]
 
     async def _ack_in_rounds(self, acks: Sequence[Ack], default_max_attempts: int) -> list[AckOutcome]:
         # Two acks of one job in a batch would hit one row in one statement, where
