@@ -458,12 +458,20 @@ def _server_settings(application_name: str | None) -> dict[str, str] | None:
     return {"application_name": application_name}
 
 
+async def _reset_connection(conn: Any) -> None:
+    # asyncpg's default reset costs a round trip on every release (advisory unlock, CLOSE
+    # ALL, UNLISTEN *, RESET ALL). Pooled connections never hold session state here (the
+    # LISTEN connection is separate), so only an interrupted transaction needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def _create_pool(dsn: str, size: int, connect_timeout: float, application_name: str | None) -> Any:
     settings = _server_settings(application_name)
 
     async def op() -> Any:
         return await asyncpg.create_pool(
-            dsn, min_size=1, max_size=size, timeout=connect_timeout, server_settings=settings
+            dsn, min_size=1, max_size=size, timeout=connect_timeout, reset=_reset_connection, server_settings=settings
         )
 
     try:
