@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -11,7 +11,11 @@ import trio
 from ._errors import DatabaseUnavailableError
 from ._source import Ack, AckOutcome
 
-__all__ = ["AckBatcher"]
+__all__ = ["AckBatcher", "OnAcked"]
+
+OnAcked = Callable[[Ack, "AckOutcome | None", "BaseException | None"], None]
+"""Called (synchronously, must not raise) with an ack queued by ``submit_nowait`` once its
+flush ended: with its outcome, or with the error that kept it from being confirmed."""
 
 
 class _AckSink(Protocol):
@@ -19,10 +23,11 @@ class _AckSink(Protocol):
 
 
 class _Item:
-    __slots__ = ("ack", "error", "flushed", "outcome")
+    __slots__ = ("ack", "error", "flushed", "on_acked", "outcome")
 
-    def __init__(self, ack: Ack) -> None:
+    def __init__(self, ack: Ack, on_acked: OnAcked | None = None) -> None:
         self.ack = ack
+        self.on_acked = on_acked
         self.outcome: AckOutcome | None = None
         self.error: BaseException | None = None
         self.flushed: trio.Event | None = None  # set when the flush carrying it ends
@@ -37,6 +42,10 @@ class AckBatcher:
     Under load, once ``pipeline_batch`` acks are waiting, another flush may start while
     earlier ones are in flight (at most ``max_flushes`` at once, each on its own pooled
     connection), so throughput is not capped at one batch per round trip.
+
+    ``submit_nowait`` queues an ack without waiting for it; :meth:`pump` (run in a
+    nursery) then leads the flushes, and the ack's callback reports the outcome. That is
+    how ``run_workers`` lets a worker take its next job while its last ack commits.
 
     Guarantees: ``submit`` returns only once its ack is durable (or raises). A flush is
     shielded from cancellation and bounded by ``deadline`` seconds, so the acks of other
@@ -62,10 +71,15 @@ class AckBatcher:
         self._pipeline_batch = pipeline_batch
         self._queue: list[_Item] = []
         self._in_flight = 0
-        # Wakes the acks still queued (not those in a flush: they wait on their own
-        # flush's event), so a flush ending wakes only who may lead the next one.
-        self._flush_ended = trio.Event()
+        # Wakes who may lead the next flush (queued callers, the pump) when a flush ends or
+        # a nowait ack arrives; callers whose ack is in a flush wait on that flush's event.
+        self._changed = trio.Event()
         self.flushes = 0
+
+    @property
+    def pending(self) -> int:
+        """Acks queued and not yet in a flush."""
+        return len(self._queue)
 
     def _may_flush(self) -> bool:
         if not self._queue:
@@ -73,6 +87,10 @@ class AckBatcher:
         if self._in_flight == 0:
             return True
         return self._in_flight < self._max_flushes and len(self._queue) >= self._pipeline_batch
+
+    def _signal(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
 
     async def submit(self, ack: Ack) -> AckOutcome:
         """Apply ``ack`` durably, batched with concurrent callers; return its outcome."""
@@ -83,9 +101,9 @@ class AckBatcher:
                 if item.flushed is not None:
                     await item.flushed.wait()
                 elif self._may_flush():
-                    await self._flush()
+                    await self._flush(*self._take_batch())
                 else:
-                    await self._flush_ended.wait()
+                    await self._changed.wait()
         except BaseException:
             if item.flushed is None:  # never reached a flush: withdraw it
                 self._queue.remove(item)
@@ -95,20 +113,44 @@ class AckBatcher:
         assert item.outcome is not None
         return item.outcome
 
+    def submit_nowait(self, ack: Ack, on_acked: OnAcked) -> None:
+        """Queue ``ack`` for the next flush led by :meth:`pump` (or a waiting caller)."""
+        self._queue.append(_Item(ack, on_acked))
+        if self._may_flush():
+            self._signal()
+
+    async def pump(self) -> None:
+        """Lead flushes of queued acks until cancelled (flushes in progress still finish:
+        they are shielded). Run it in a nursery next to the tasks using ``submit_nowait``."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                if self._may_flush():
+                    nursery.start_soon(self._flush, *self._take_batch())
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await self._changed.wait()
+
+    async def wait_for_flush(self) -> None:
+        """Wait until a flush ends (or a nowait ack makes one possible)."""
+        await self._changed.wait()
+
     async def drain(self) -> None:
         """Flush everything queued and wait for every flush in progress."""
         while self._in_flight or self._queue:
             if self._queue and self._in_flight < self._max_flushes:
-                await self._flush()
+                await self._flush(*self._take_batch())
             else:
-                await self._flush_ended.wait()
+                await self._changed.wait()
 
-    async def _flush(self) -> None:
+    def _take_batch(self) -> tuple[list[_Item], trio.Event]:
         batch, self._queue = self._queue, []
         flushed = trio.Event()
         for item in batch:
             item.flushed = flushed
         self._in_flight += 1
+        return batch, flushed
+
+    async def _flush(self, batch: list[_Item], flushed: trio.Event) -> None:
         try:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._deadline if self._deadline > 0 else math.inf) as scope:
@@ -125,6 +167,8 @@ class AckBatcher:
         finally:
             self.flushes += 1
             self._in_flight -= 1
+            for item in batch:
+                if item.on_acked is not None:
+                    item.on_acked(item.ack, item.outcome, item.error)
             flushed.set()
-            ended, self._flush_ended = self._flush_ended, trio.Event()
-            ended.set()
+            self._signal()

@@ -292,11 +292,14 @@ class JobBuffer:
         """Record a failed attempt: retry after ``retry_in`` seconds (default: exponential
         backoff with jitter, see :meth:`retry_delay`), or make the job dead, keeping
         ``error``, once it has used ``max_attempts``. Same errors as :meth:`complete`."""
+        await self._ack(self._failure(job, error, retry_in))
+
+    def _failure(self, job: Job, error: BaseException | str, retry_in: float | None) -> Ack:
         if retry_in is not None and (isinstance(retry_in, bool) or not retry_in >= 0):
             raise ConfigError(f"retry_in={retry_in!r} is invalid: pass seconds >= 0, or None for backoff")
         text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
         delay = self.retry_delay(job.attempts) if retry_in is None else float(retry_in)
-        await self._ack(Ack(job, error=text[:4000], retry_in=delay))
+        return Ack(job, error=text[:4000], retry_in=delay)
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,
@@ -338,6 +341,32 @@ class JobBuffer:
                 f"job {job.id} is no longer owned by this buffer (lease lost to another owner); ack not applied",
                 (job.id,),
             )
+
+    def _ack_soon(self, ack: Ack) -> None:
+        """Queue ``ack`` without waiting for it (``run_workers``' path; a pump flushes it).
+
+        The job stays in flight, its lease extended, until the flush ends; the outcome is
+        counted then, and a lost lease or an unreachable database is logged."""
+        if self._state == "closed":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
+        if ack.job.claim is None:  # built by hand: nothing to change in the source
+            self._in_flight.pop(ack.job.id, None)
+            self._count_outcome("done" if ack.error is None else "retry")
+        else:
+            self._acks.submit_nowait(ack, self._acked)
+
+    def _acked(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
+        job = ack.job
+        self._in_flight.pop(job.id, None)
+        if error is not None or outcome is None:
+            if isinstance(error, DatabaseUnavailableError):
+                self._unconfirmed[job.id] = job
+            log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, job.id, error)
+            return
+        self._unconfirmed.pop(job.id, None)
+        self._count_outcome(outcome)
+        if outcome == "lost":
+            log.warning("jobbuf buffer %r: job %s was taken over; ack not applied", self._worker_id, job.id)
 
     def _count_outcome(self, outcome: AckOutcome) -> None:
         c = self._counters

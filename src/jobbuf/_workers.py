@@ -11,10 +11,13 @@ import trio
 from ._buffer import JobBuffer
 from ._errors import BufferClosedError, ConfigError, JobbufError
 from ._job import Job
+from ._source import Ack
 
 __all__ = ["run_workers"]
 
 log = logging.getLogger("jobbuf.workers")
+ACK_BACKLOG = 1000
+"""Queued acks beyond which a worker waits for a flush before taking its next job."""
 Handler = Callable[[Job], Awaitable[Any]]
 
 
@@ -27,19 +30,35 @@ async def run_workers(
     seconds) fails it, which schedules a retry with backoff or makes it dead. Runs until
     cancelled, or until the buffer is stopped and drained.
 
+    A worker does not wait for its ack to commit before taking the next job: acks are
+    queued and group-committed by a pump task (the job stays in flight, its lease
+    extended, until then), and ``run_workers`` returns or propagates cancellation only
+    after every queued ack was flushed. If the database falls behind by ``ACK_BACKLOG``
+    acks, workers wait for it.
+
     On cancellation a running handler is cancelled and its job released (not failed: it
     did not fail, it was interrupted); a handler that already returned still gets its ack.
     Both are shielded and bounded by ``config.shutdown_timeout``. An ack the database
-    rejects (lease lost) or cannot take is logged and the worker goes on: the job is then
-    delivered again, which at-least-once allows.
+    rejects (lease lost) or cannot take is logged and counted: the job is then delivered
+    again, which at-least-once allows.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigError(f"concurrency={concurrency!r} is invalid: it must be an int >= 1")
     if job_timeout is not None and (isinstance(job_timeout, bool) or not job_timeout > 0):
         raise ConfigError(f"job_timeout={job_timeout!r} is invalid: pass seconds > 0, or None for no limit")
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(_worker, buf, handler, job_timeout)
+    acks = buf._acks
+    async with trio.open_nursery() as pump:
+        # Workers queue their acks and move on; the pump leads the (pipelined) flushes.
+        pump.start_soon(acks.pump)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(_worker, buf, handler, job_timeout)
+        finally:
+            # Stopped or cancelled: acks of handlers that returned still land.
+            with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
+                await acks.drain()
+            pump.cancel_scope.cancel()
 
 
 async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -> None:
@@ -53,8 +72,8 @@ async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -
 
 
 async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None) -> None:
-    # The hot path: no cancel scope per job unless a timeout is asked for, and one
-    # (shielded, with its deadline) around the ack.
+    # The hot path: no cancel scope per job unless a timeout is asked for, and no wait
+    # for the ack.
     error: BaseException | str | None = None
     try:
         if job_timeout is None:
@@ -70,8 +89,13 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
         with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
             await _quietly(buf.release(job), job)
         raise
-    with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
-        await _quietly(buf.complete(job) if error is None else buf.fail(job, error), job)
+    try:
+        buf._ack_soon(Ack(job) if error is None else buf._failure(job, error, None))
+    except BufferClosedError:
+        log.warning("jobbuf: ack of job %s refused: the buffer has exited (the job is redelivered)", job.id)
+        return
+    if buf._acks.pending >= ACK_BACKLOG:  # the database is slower than the handlers: wait
+        await buf._acks.wait_for_flush()
 
 
 async def _quietly(ack: Awaitable[Any], job: Job) -> None:
