@@ -226,11 +226,16 @@ class JobBuffer:
         if job is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return job
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        if timeout is None:  # no cancel scope to build: this is every idle worker's path
             while job is None:
                 await self._takers.park()
                 # No checkpoint between here and return: a job popped is a job returned.
                 job = self._pop()
+            return job
+        with trio.move_on_after(timeout):
+            while job is None:
+                await self._takers.park()
+                job = self._pop()  # as above
         return job
 
     def _pop(self) -> Job | None:
