@@ -23,6 +23,7 @@ import trio_asyncio
 from jobbuf_monitor.embedded import redact_dsn
 
 from ._config import check_identifier
+from ._connections import Connections
 from ._errors import ConfigError, DatabaseUnavailableError, SchemaError
 from ._job import Claim, Job
 from ._listener import Listener
@@ -67,7 +68,8 @@ class PostgresJobSource:
 
     def __init__(
         self,
-        pool: Any,
+        durable: Connections,
+        relaxed: Connections,
         dsn: str,
         sql: Statements,
         *,
@@ -75,7 +77,8 @@ class PostgresJobSource:
         retry_timeout: float,
         application_name: str | None = None,
     ) -> None:
-        self._pool = pool
+        self._durable = durable
+        self._relaxed = relaxed
         self._dsn = dsn
         self.dsn = redact_dsn(dsn)
         """The DSN with any password replaced by ``***``."""
@@ -91,14 +94,20 @@ class PostgresJobSource:
         """Migration versions applied when this source was opened with ``migrate=True``."""
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _call(self, op: Callable[..., Awaitable[T]], *args: Any, retry: bool = False) -> T:
-        """Run ``op(*args)`` as one asyncio hop, mapping driver errors to jobbuf errors."""
+    async def _call(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = False, relaxed: bool = False) -> T:
+        """Run ``op(connection)`` as one asyncio hop, mapping driver errors to jobbuf errors.
+
+        ``relaxed`` operations (claims, heartbeats) commit without waiting for the WAL
+        flush: if the database itself crashes, a lost claim means a job is delivered again
+        and a lost lease extension means it may be rescued early — both within
+        at-least-once. Enqueues, acks and releases always wait: they are durable.
+        """
+        connections = self._relaxed if relaxed else self._durable
         deadline = trio.current_time() + (self._retry_timeout if retry else 0.0)
         delay = 0.05
         while True:
             try:
-                result: T = await trio_asyncio.aio_as_trio(op)(*args)
-                return result
+                return await connections.run(op)
             except MISSING_SCHEMA as exc:
                 problem = f"schema {self.schema!r} is missing or incomplete ({exc})"
                 raise SchemaError(self._schema_fix(problem)) from None
@@ -115,9 +124,8 @@ class PostgresJobSource:
         return f"{problem}: run `jobbuf migrate --dsn {self.dsn} --schema {self.schema}` or pass migrate=True"
 
     async def _fetch(self, sql: str, *args: Any, retry: bool = False) -> list[Any]:
-        async def op() -> list[Any]:
-            async with self._pool.acquire() as conn:
-                return list(await conn.fetch(sql, *args))
+        async def op(conn: Any) -> list[Any]:
+            return list(await conn.fetch(sql, *args))
 
         return await self._call(op, retry=retry)
 
@@ -126,8 +134,8 @@ class PostgresJobSource:
         """Apply missing migrations under an advisory lock; return the versions applied."""
         sql = self._sql
 
-        async def op() -> list[int]:
-            async with self._pool.acquire() as conn, conn.transaction():
+        async def op(conn: Any) -> list[int]:
+            async with conn.transaction():
                 await conn.execute(sql.migrate_lock(), self.schema)
                 await conn.execute(sql.migrate_prelude())
                 current = await conn.fetchval(sql.current_version())
@@ -145,11 +153,10 @@ class PostgresJobSource:
         """Return the schema version; raise :class:`SchemaError` naming the fix if it is not usable."""
         sql = self._sql
 
-        async def op() -> int | None:
-            async with self._pool.acquire() as conn:
-                if not await conn.fetchval(sql.schema_exists(), f"{sql.s}.schema_version"):
-                    return None
-                return int(await conn.fetchval(sql.current_version()))
+        async def op(conn: Any) -> int | None:
+            if not await conn.fetchval(sql.schema_exists(), f"{sql.s}.schema_version"):
+                return None
+            return int(await conn.fetchval(sql.current_version()))
 
         version = await self._call(op)
         if version is None:
@@ -217,17 +224,16 @@ class PostgresJobSource:
         quarantine_sql = self._sql.quarantine()
         claim = Claim(owner, secrets.randbits(63))
 
-        async def op() -> ClaimResult:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(
-                    sql, list(queues), limit, owner, worker_id, claim.token, default_max_attempts, lease
-                )
-                result = _decode_rows(rows, claim)
-                if result.poison:
-                    await conn.execute(quarantine_sql, *map(list, zip(*result.poison, strict=True)))
+        async def op(conn: Any) -> ClaimResult:
+            rows = await conn.fetch(
+                sql, list(queues), limit, owner, worker_id, claim.token, default_max_attempts, lease
+            )
+            result = _decode_rows(rows, claim)
+            if result.poison:
+                await conn.execute(quarantine_sql, *map(list, zip(*result.poison, strict=True)))
             return ClaimResult(result.jobs, dead=result.dead, quarantined=len(result.poison))
 
-        return await self._call(op)
+        return await self._call(op, relaxed=True)
 
     async def release(self, jobs: Sequence[Job]) -> list[int]:
         """Release jobs whose claim still matches; return the ids released."""
@@ -254,16 +260,15 @@ class PostgresJobSource:
         )  # fmt: skip
         ack_sql, existing_sql = self._ack_sql, self._sql.existing()
 
-        async def op() -> dict[int, str]:
-            async with self._pool.acquire() as conn:
-                outcomes: dict[int, str] = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
-                missing = [job.id for job in done if job.id not in outcomes]
-                if missing:
-                    # A completion retried after a lost connection may already have been
-                    # applied: a row that no longer exists was completed, not taken over.
-                    still = {row[0] for row in await conn.fetch(existing_sql, missing)}
-                    outcomes.update({i: "done" for i in missing if i not in still})
-                return outcomes
+        async def op(conn: Any) -> dict[int, str]:
+            outcomes: dict[int, str] = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
+            missing = [job.id for job in done if job.id not in outcomes]
+            if missing:
+                # A completion retried after a lost connection may already have been
+                # applied: a row that no longer exists was completed, not taken over.
+                still = {row[0] for row in await conn.fetch(existing_sql, missing)}
+                outcomes.update({i: "done" for i in missing if i not in still})
+            return outcomes
 
         outcomes = await self._call(op, retry=True)
         return [outcomes.get(a.job.id, "lost") for a in acks]  # type: ignore[misc]
@@ -296,13 +301,12 @@ class PostgresJobSource:
             json.dumps(worker.config), json.dumps(stats), sql.workers_channel,
         )  # fmt: skip
 
-        async def op() -> None:
-            async with self._pool.acquire() as conn:
-                if lease is not None and claims[0]:
-                    await conn.execute(sql.extend_leases(), *claims, lease)
-                await conn.execute(sql.publish_worker(), *row)
+        async def op(conn: Any) -> None:
+            if lease is not None and claims[0]:
+                await conn.execute(sql.extend_leases(), *claims, lease)
+            await conn.execute(sql.publish_worker(), *row)
 
-        await self._call(op)
+        await self._call(op, relaxed=True)
 
     async def deregister(self, instance: str) -> None:
         """Remove the worker row."""
@@ -410,7 +414,8 @@ async def open_postgres_source(
     connect_timeout: float = 5.0,
     application_name: str | None = None,
 ) -> AsyncIterator[PostgresJobSource]:
-    """Open a trio-asyncio loop, an asyncpg pool and a LISTEN connection on ``dsn``.
+    """Open a trio-asyncio loop, up to ``pool_size`` connections for durable operations
+    (plus as many for claims and heartbeats) and a LISTEN connection on ``dsn``.
 
     ``application_name``, when given, is set on every connection (pool and LISTEN), so
     this source's sessions can be told apart in ``pg_stat_activity`` (monitoring, or
@@ -419,7 +424,7 @@ async def open_postgres_source(
     Raises :class:`ConfigError` for a malformed DSN or schema name,
     :class:`DatabaseUnavailableError` when the server cannot be reached, and
     :class:`SchemaError` when the schema is missing (unless ``migrate=True``, which creates
-    or upgrades it). On exit the pool is closed, shielded, within a deadline.
+    or upgrades it). On exit every connection is closed, shielded, within a deadline.
     """
     dsn = _check_dsn(dsn)
     check_identifier("schema", schema)
@@ -429,11 +434,17 @@ async def open_postgres_source(
     with single_error():
         async with trio_asyncio.open_loop() as loop:
             loop.set_exception_handler(_log_loop_exception)
-            pool = await _create_pool(dsn, pool_size, connect_timeout, application_name)
+            settings = _server_settings(application_name)
+            durable = Connections(dsn, pool_size, connect_timeout=connect_timeout, server_settings=settings)
+            relaxed = Connections(
+                dsn, pool_size, connect_timeout=connect_timeout,
+                server_settings={**(settings or {}), "synchronous_commit": "off"},
+            )  # fmt: skip
+            await _open(durable, dsn)
             try:
                 source = PostgresJobSource(
-                    pool, dsn, Statements(schema), keep_completed=keep_completed, retry_timeout=retry_timeout,
-                    application_name=application_name,
+                    durable, relaxed, dsn, Statements(schema), keep_completed=keep_completed,
+                    retry_timeout=retry_timeout, application_name=application_name,
                 )  # fmt: skip
                 if migrate:
                     source.migrated = await source.migrate()
@@ -444,7 +455,8 @@ async def open_postgres_source(
                     yield source
                     nursery.cancel_scope.cancel()
             finally:
-                await _close_pool(pool)
+                await relaxed.aclose()
+                await durable.aclose()
 
 
 def _server_settings(application_name: str | None) -> dict[str, str] | None:
@@ -458,33 +470,10 @@ def _server_settings(application_name: str | None) -> dict[str, str] | None:
     return {"application_name": application_name}
 
 
-async def _reset_connection(conn: Any) -> None:
-    # asyncpg's default reset costs a round trip on every release (advisory unlock, CLOSE
-    # ALL, UNLISTEN *, RESET ALL). Pooled connections never hold session state here (the
-    # LISTEN connection is separate), so only an interrupted transaction needs undoing.
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-
-
-async def _create_pool(dsn: str, size: int, connect_timeout: float, application_name: str | None) -> Any:
-    settings = _server_settings(application_name)
-
-    async def op() -> Any:
-        return await asyncpg.create_pool(
-            dsn, min_size=1, max_size=size, timeout=connect_timeout, reset=_reset_connection, server_settings=settings
-        )
-
+async def _open(connections: Connections, dsn: str) -> None:
     try:
-        return await trio_asyncio.aio_as_trio(op)()
+        await connections.open()
     except (asyncpg.ClientConfigurationError, ValueError) as exc:
         raise ConfigError(f"dsn {redact_dsn(dsn)!r} is invalid: {_reason(exc)}") from None
     except (*TRANSIENT, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {_reason(exc)}") from None
-
-
-async def _close_pool(pool: Any) -> None:
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(5):
-            await trio_asyncio.aio_as_trio(pool.close)()
-            return
-        pool.terminate()

@@ -296,17 +296,17 @@ async def test_connection_killed_under_a_query_is_retried_not_leaked_as_internal
     source, _ = pg
     calls = 0
 
-    async def dies_once() -> str:
+    async def dies_once(conn: Any) -> str:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
         return "ok"
 
-    async def always_dies() -> str:
+    async def always_dies(conn: Any) -> str:
         raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
 
-    async def other_bug() -> str:
+    async def other_bug(conn: Any) -> str:
         raise asyncpg.InternalClientError("something else entirely")
 
     with trio.fail_after(10):
