@@ -103,3 +103,24 @@ def test_cli_migrate_enqueue_status_roundtrip(jobbuf_dsn: str) -> None:
         assert (queue["queue"], queue["pending"], queue["claimed"]) == ("mail", 3, 0)
     finally:
         drop_schema(jobbuf_dsn, schema)
+
+
+def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str) -> None:
+    from jobbuf.testing.plugin import drop_schema
+
+    schema = fresh_schema_name()
+    env = {"JOBBUF_DSN": jobbuf_dsn}
+    try:
+        assert _cli("jobbuf", "--schema", schema, "migrate", env=env).returncode == 0
+        assert _cli("jobbuf", "--schema", schema, "enqueue", "mail", "{}", "--count", "2", env=env).returncode == 0
+        from pg_helpers import _run_sql
+
+        _run_sql(jobbuf_dsn, f"UPDATE \"{schema}\".jobs SET status = 'dead', attempts = 3, last_error = 'x'", ())
+        out = _cli("jobbuf", "--schema", schema, "requeue", "mail", "--dead", env=env)
+        assert out.returncode == 0 and "requeued 2 dead job(s)" in out.stdout
+        rows = _run_sql(jobbuf_dsn, f'SELECT status, attempts FROM "{schema}".jobs', ())
+        assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
+        missing_flag = _cli("jobbuf", "--schema", schema, "requeue", "mail", env=env)
+        assert missing_flag.returncode == 2  # argparse: --dead is required
+    finally:
+        drop_schema(jobbuf_dsn, schema)

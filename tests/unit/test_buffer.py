@@ -17,6 +17,7 @@ from jobbuf import (
     LeaseLostError,
     MemoryJobSource,
     open_job_buffer,
+    rates,
     run_workers,
 )
 
@@ -281,3 +282,33 @@ async def test_start_failure_surfaces_at_once_as_itself(autojump_clock: trio.tes
         async with open_job_buffer(source, "w"):
             pytest.fail("the body must not run")
     assert trio.current_time() - start < 0.1  # no shutdown retries: nothing was claimed
+
+
+async def test_subscribe_stats_yields_snapshots_and_rates_come_from_deltas() -> None:
+    # Real time: snapshot_at is wall-clock (it is compared across processes).
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(30)))
+    snapshots = []
+    cfg = BufferConfig(stats_interval=0.2)
+    with trio.fail_after(10):
+        async with open_job_buffer(source, "w", cfg) as buf, trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                while True:
+                    job = await buf.take_job()
+                    await buf.complete(job)  # type: ignore[arg-type]
+                    await trio.sleep(0.02)
+
+            nursery.start_soon(consume)
+            async for snap in buf.subscribe_stats():
+                snapshots.append(snap)
+                if len(snapshots) == 3:
+                    break
+            nursery.cancel_scope.cancel()
+    assert [s.running for s in snapshots] == [True, True, True]
+    assert snapshots[-1].snapshot_at > snapshots[0].snapshot_at
+    assert snapshots[-1].completed > snapshots[0].completed
+    per_second = rates(snapshots[0], snapshots[-1])
+    elapsed = snapshots[-1].snapshot_at - snapshots[0].snapshot_at
+    assert per_second["completed"] == pytest.approx((snapshots[-1].completed - snapshots[0].completed) / elapsed)
+    assert rates(snapshots[0], snapshots[0])["taken"] == 0.0

@@ -1,0 +1,137 @@
+"""Raw ceiling: plain asyncpg on asyncio, no library (never imports jobbuf or trio_asyncio).
+
+Cases:
+  drain    N pre-enqueued rows in jobbuf's own table layout (same indexes), drained by
+           ``conns`` concurrent loops, each on its own connection: one statement claims B
+           rows (``UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED LIMIT B))
+           RETURNING``), one statement acks them (``DELETE ... WHERE id = ANY($1)``).
+           params: schema, n, batch, conns
+  latency  the LISTEN/NOTIFY + claim floor: one connection LISTENs, on each notify a
+           worker runs the claim on a second connection; a producer inserts one row and
+           NOTIFYs in one statement (jobbuf's enqueue SQL). Enqueue -> claim returned,
+           ``samples`` times sequentially. params: schema, samples
+  claim    claim latency at a given table size (used by bench_scale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import asyncpg
+
+from common import bench_main, latency_summary, load_jobbuf_sql, log, migration_sql
+
+CHUNK = 5000
+WARMUP = 5  # latency samples discarded before measuring
+
+
+def claim_sql(s: str) -> str:
+    return f"""
+    UPDATE {s}.jobs SET status = 'claimed', attempts = attempts + 1, owner = $2,
+        lease_expires_at = now() + interval '30 seconds'
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {s}.jobs WHERE status = 'pending' AND queue = 'default' AND run_at <= now()
+        ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED))
+    RETURNING id, payload"""
+
+
+def ack_sql(s: str) -> str:
+    return f"DELETE FROM {s}.jobs WHERE id = ANY($1::bigint[])"
+
+
+async def create_schema(conn: asyncpg.Connection, schema: str) -> None:
+    for stmt in migration_sql(schema):
+        await conn.execute(stmt)
+
+
+async def enqueue(conn: asyncpg.Connection, schema: str, n: int) -> None:
+    """Same INSERT as jobbuf's ``enqueue_many`` (one statement and one NOTIFY per chunk)."""
+    st = load_jobbuf_sql().Statements(schema)
+    for start in range(0, n, CHUNK):
+        texts = [json.dumps({"n": i}) for i in range(start, min(n, start + CHUNK))]
+        await conn.fetch(st.enqueue(), "default", texts, 0, None, None, st.jobs_channel)
+    await conn.execute(f'ANALYZE "{schema}".jobs')
+
+
+async def _drain(p: dict[str, Any]) -> dict[str, Any]:
+    schema, n, batch, conns = str(p["schema"]), int(p["n"]), int(p["batch"]), int(p.get("conns", 1))
+    s = f'"{schema}"'
+    setup = await asyncpg.connect(p["dsn"])
+    await create_schema(setup, schema)
+    await enqueue(setup, schema, n)
+    pool = [await asyncpg.connect(p["dsn"]) for _ in range(conns)]
+    done = 0
+
+    async def loop(conn: asyncpg.Connection) -> None:
+        nonlocal done
+        claim, ack = await conn.prepare(claim_sql(s)), await conn.prepare(ack_sql(s))
+        while True:
+            rows = await claim.fetch(batch, "raw")
+            if not rows:
+                return
+            await ack.fetch([r[0] for r in rows])
+            done += len(rows)
+
+    log(f"raw drain: n={n} batch={batch} conns={conns}")
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in pool))
+    elapsed = time.perf_counter() - t0
+    for c in [*pool, setup]:
+        await c.close()
+    assert done == n, (done, n)
+    return {"jobs_per_s": n / elapsed, "seconds": elapsed, "n": n, "batch": batch, "conns": conns}
+
+
+async def _latency(p: dict[str, Any]) -> dict[str, Any]:
+    schema, samples = str(p["schema"]), int(p.get("samples", 200))
+    st = load_jobbuf_sql().Statements(schema)
+    s = f'"{schema}"'
+    setup = await asyncpg.connect(p["dsn"])
+    await create_schema(setup, schema)
+    listener, worker, producer = [await asyncpg.connect(p["dsn"]) for _ in range(3)]
+    claim = await worker.prepare(claim_sql(s))
+    # Execute once on the empty table: seen here, the first execution of this prepared
+    # claim on a freshly created table can miss a row inserted after PREPARE.
+    await claim.fetch(10, "raw")
+    wake: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(st.jobs_channel, lambda *a: wake.put_nowait(a[-1]))
+    got: asyncio.Queue[float] = asyncio.Queue()
+
+    async def work() -> None:
+        while True:
+            await wake.get()
+            rows = await claim.fetch(10, "raw")
+            if rows:
+                got.put_nowait(time.perf_counter())
+                await worker.execute(ack_sql(s), [r[0] for r in rows])
+
+    task = asyncio.create_task(work())
+    task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log(f"worker died: {t.exception()!r}"))
+    enqueue_sql = st.enqueue()
+    lat: list[float] = []
+    for i in range(-WARMUP, samples):
+        t0 = time.perf_counter()
+        await producer.fetch(enqueue_sql, "default", [json.dumps({"n": i})], 0, None, None, st.jobs_channel)
+        took = await got.get() - t0
+        if i >= 0:
+            lat.append(took)
+        await asyncio.sleep(0.002)  # idle between samples, as for the other systems
+    task.cancel()
+    for c in (listener, worker, producer, setup):
+        await c.close()
+    return latency_summary(lat)
+
+
+def drain(p: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_drain(p))
+
+
+def latency(p: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_latency(p))
+
+
+if __name__ == "__main__":
+    bench_main({"drain": drain, "latency": latency}, __doc__)
