@@ -50,7 +50,11 @@ class Connections:
 
     async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``op(connection)`` in asyncio, as one hop, on a connection of our own."""
-        async with self._slots:
+        try:
+            self._slots.acquire_nowait()  # the usual case: no scheduling point spent here
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
             conn = self._idle.pop() if self._idle else await self._connect()
             self._busy.add(conn)
             reusable = False
@@ -67,6 +71,8 @@ class Connections:
                     self._idle.append(conn)
                 else:
                     conn.terminate()
+        finally:
+            self._slots.release()
 
     async def aclose(self, deadline: float = 5.0) -> None:
         """Close every connection: shielded, idle ones politely within ``deadline``."""
