@@ -221,10 +221,11 @@ class JobBuffer:
         """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise ConfigError(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait forever")
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # One scheduling point, *before* the pop: from the pop to the return nothing can
+        # raise Cancelled, so a popped job is always a returned job.
+        await trio.lowlevel.checkpoint()
         job = self._pop()
         if job is not None:
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return job
         if timeout is None:  # no cancel scope to build: this is every idle worker's path
             while job is None:

@@ -7,8 +7,9 @@ import time
 
 import pytest
 import trio
+import trio.lowlevel
 
-from jobbuf import BufferConfig, JobBuffer, PostgresJobSource, open_job_buffer
+from jobbuf import BufferConfig, Job, JobBuffer, PostgresJobSource, open_job_buffer
 from pg_helpers import sql, statuses, wait_until
 
 Pg = tuple[PostgresJobSource, str]
@@ -170,18 +171,36 @@ async def test_leaving_the_context_releases_everything(pg: Pg) -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 async def test_cancelled_take_job_never_loses_a_job(pg: Pg, seed: int) -> None:
+    # Cancel each take after a random number of scheduling rounds (0-4), so the cancel
+    # lands at every point of take_job in turn: before the pop, while parked, and right
+    # after a pop. A take cancelled after popping would leave its job in flight, unacked.
     source, dsn = pg
     rng = random.Random(seed)
     with trio.fail_after(60):
-        ids = set(await source.enqueue_many("default", list(range(60))))
+        ids = set(await source.enqueue_many("default", list(range(120))))
         got: list[int] = []
+        taken: list[Job] = []
         cfg = BufferConfig(capacity=7, low_water=3, poll_interval=0.05)
         async with open_job_buffer(source, "w", cfg) as buf:
-            while len(got) < 30:
-                with trio.move_on_after(rng.choice([0, 0.0001, 0.001, 0.003, 0.01])):
-                    job = await buf.take_job()
-                    got.append(job.id)  # type: ignore[union-attr]
-                    await buf.complete(job)  # type: ignore[arg-type]
+            for _ in range(150):
+                async with trio.open_nursery() as nursery:
+                    scope = trio.CancelScope()
+
+                    async def take(scope: trio.CancelScope = scope) -> None:
+                        with scope:
+                            job = await buf.take_job()
+                            assert job is not None
+                            taken.append(job)
+                            got.append(job.id)
+
+                    nursery.start_soon(take)
+                    for _ in range(rng.randrange(5)):
+                        await trio.lowlevel.checkpoint()
+                    scope.cancel()
+                if len(got) > buf.stats().completed:
+                    await buf.complete(taken[-1])
+            stats = buf.stats()
+            assert stats.in_flight == 0 and stats.taken == len(got)  # nothing popped and dropped
         rows = await statuses(dsn, source.schema)
         assert len(got) == len(set(got))  # never handed out twice
         assert set(got).isdisjoint(rows)  # completed rows are gone

@@ -144,7 +144,7 @@ async def test_offer_jobs_takes_up_to_free_capacity(autojump_clock: trio.testing
 
 
 async def test_cancelled_take_leaves_the_job_buffered(autojump_clock: trio.testing.MockClock) -> None:
-    cfg = BufferConfig(capacity=5, low_water=1, poll_interval=1000)
+    cfg = BufferConfig(capacity=200, low_water=1, poll_interval=1000)
     async with open_job_buffer(MemoryJobSource(), "w", cfg) as buf:
         got: list[int] = []
         for i in range(200):
@@ -156,7 +156,7 @@ async def test_cancelled_take_leaves_the_job_buffered(autojump_clock: trio.testi
 
                 nursery.start_soon(take)
                 await trio.sleep(0.001 * (i % 3))
-                buf.offer_jobs([Job(id=i, queue="default", payload=i)])
+                assert buf.offer_jobs([Job(id=i, queue="default", payload=i)]) == 1
                 await trio.sleep(0.001 * (i % 2))
                 nursery.cancel_scope.cancel()
         leftover = [job.id for job, _ in buf._entries]
