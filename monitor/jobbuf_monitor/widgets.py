@@ -112,7 +112,7 @@ class WorkersTable(DataTable[Any]):
             for key, new, old in zip(keys, cells, self._shown_cells, strict=True):
                 for column, value, before in zip(self.COLUMNS, new, old, strict=True):
                     if str(value) != str(before) or getattr(value, "style", None) != getattr(before, "style", None):
-                        self.update_cell(key, column, value)
+                        self.update_cell(key, column, value, update_width=True)
             self._shown_cells = cells
             return
         selected = self.selected_instance()
