@@ -208,3 +208,18 @@ def test_header_waits_for_first_snapshot_without_data(db: Db) -> None:
     app = MonitorApp("postgresql://nobody@127.0.0.1:1/none", schema=db.schema, refresh=5.0)
     drive(app, script)
     assert "waiting for the first snapshot" in seen["text"]
+
+
+def test_counts_growing_past_the_column_width_are_shown_whole(db: Db) -> None:
+    # Regression: cells updated in place did not widen their column, so 2,065 showed as "2,06".
+    instance = run(db.add_worker("grower", claimed=5, completed=5))
+
+    async def script(pilot: Pilot[None], app: MonitorApp) -> None:
+        await wait_for(with_rows(1, app))
+        await db.add_worker("grower", instance=instance, claimed=1234567, completed=7654321)
+        await wait_for(lambda: rows(app)["grower"][4] == "1,234,567")
+        table = app.query_one(WorkersTable)
+        for label in ("Claimed", "Done"):
+            assert table.columns[label].get_render_width(table) >= len("7,654,321") + 2 * table.cell_padding  # type: ignore[index]
+
+    drive(MonitorApp(db.dsn, schema=db.schema, refresh=0.1), script)
