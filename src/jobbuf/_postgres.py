@@ -114,10 +114,12 @@ class PostgresJobSource:
             except (*TRANSIENT, asyncpg.InternalClientError) as exc:
                 if isinstance(exc, asyncpg.InternalClientError) and not _is_dead_connection(exc):
                     raise
-                if trio.current_time() + delay > deadline:
+                remaining = deadline - trio.current_time()
+                if remaining <= 0:
                     raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {_reason(exc)}") from None
                 log.warning("database unavailable at %s (%s); retrying", self.dsn, _reason(exc))
-            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            # Backoff with jitter, the last sleep cut to the deadline: one more try at it.
+            await trio.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
             delay = min(delay * 2, 1.0)
 
     def _schema_fix(self, problem: str) -> str:

@@ -494,3 +494,25 @@ async def _shutdown_while_unreachable(pg: Pg, *, ack_during_outage: bool) -> Non
             for job in rescued:
                 assert job is not None
                 await r.complete(job)
+
+
+async def test_enqueue_while_database_unreachable_retries_then_raises(pg: Pg) -> None:
+    source, dsn = pg
+    url = urlsplit(dsn)
+    if url.hostname is None or url.port is None or url.query:
+        pytest.skip("needs a TCP DSN with host and port")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            proxy = CuttableProxy(url.hostname, url.port)
+            port = await nursery.start(proxy.run)
+            proxied = urlunsplit(url._replace(netloc=url.netloc.replace(f":{url.port}", f":{port}")))
+            async with open_postgres_source(proxied, schema=source.schema, retry_timeout=1.0) as cut_off:
+                await cut_off.enqueue("default", {"before": True})
+                proxy.cut()
+                start = trio.current_time()
+                with pytest.raises(DatabaseUnavailableError, match="database unavailable"):
+                    await cut_off.enqueue("default", {"during": True})
+                assert 0.9 <= trio.current_time() - start < 5  # retried for retry_timeout, then gave up
+            nursery.cancel_scope.cancel()
+    # nothing half-written: only the job enqueued before the cut exists
+    assert [s.queue for s in await source.job_states()] == ["default"]
