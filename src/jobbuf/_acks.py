@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -12,6 +13,8 @@ from ._errors import DatabaseUnavailableError
 from ._source import Ack, AckOutcome
 
 __all__ = ["AckBatcher", "OnAcked"]
+
+log = logging.getLogger("jobbuf.acks")
 
 OnAcked = Callable[[Ack, "AckOutcome | None", "BaseException | None"], None]
 """Called (synchronously, must not raise) with an ack queued by ``submit_nowait`` once its
@@ -167,8 +170,11 @@ class AckBatcher:
         finally:
             self.flushes += 1
             self._in_flight -= 1
+            flushed.set()  # first: waiters must never depend on a callback behaving
+            self._signal()
             for item in batch:
                 if item.on_acked is not None:
-                    item.on_acked(item.ack, item.outcome, item.error)
-            flushed.set()
-            self._signal()
+                    try:
+                        item.on_acked(item.ack, item.outcome, item.error)
+                    except Exception:
+                        log.exception("jobbuf: ack callback failed")

@@ -85,6 +85,7 @@ class JobBuffer:
         self._counters = Counters()
         self._acks = AckBatcher(source, self.config.max_attempts, self.config.shutdown_timeout)
         self._worker: WorkerInfo | None = None
+        self._leases_extended_at = -math.inf  # trio time of the last successful extension
 
     # -- the contract's read-only view ---------------------------------------------------
     @property
@@ -155,6 +156,7 @@ class JobBuffer:
             unsubscribe()  # nothing was claimed yet: nothing to release
             self._close()
             self._state = "closed"
+            self._poller_done.set()  # no poller will run: a concurrent stop() must not wait for one
             raise
         try:
             async with trio.open_nursery() as nursery:
@@ -188,22 +190,35 @@ class JobBuffer:
         Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
         start it returns ``[]``. Afterwards ``take_job`` raises :class:`BufferClosedError`.
         """
+        if join_timeout is not None and (isinstance(join_timeout, bool) or not join_timeout >= 0):
+            raise ConfigError(f"join_timeout={join_timeout!r} is invalid: pass seconds >= 0, or None to wait")
         if self._state != "running":
             return []
         self._state = "stopped"
         self._stopping = True
         self._wake.set()
         self._takers.unpark_all()
-        with trio.move_on_after(math.inf if join_timeout is None else join_timeout):
-            await self._poller_done.wait()
-        if not self._poller_done.is_set() and self._poller_scope is not None:
-            self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
-            await self._poller_done.wait()
-        jobs = [job for job, _ in self._entries]
-        self._entries.clear()
-        if not release:
-            self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.shutdown_timeout):
+        returned = False
+        try:
+            with trio.move_on_after(math.inf if join_timeout is None else join_timeout):
+                await self._poller_done.wait()
+            returned = True
+        finally:
+            # Also when stop() itself is cancelled: the buffer must not keep jobs it will
+            # never hand out. A caller that is cancelled cannot receive them, so then they
+            # are released even with release=False.
+            jobs = await self._drain(release=release or not returned)
+        return jobs
+
+    async def _drain(self, *, release: bool) -> list[Job]:
+        with trio.CancelScope(shield=True, relative_deadline=self.config.shutdown_timeout):
+            if self._poller_scope is not None:
+                self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
+                await self._poller_done.wait()
+            jobs = [job for job, _ in self._entries]
+            self._entries.clear()
+            if not release:
+                self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
             try:
                 await self._release(jobs + self._take_discarded() if release else self._take_discarded())
             except Exception as exc:  # they stay ours and are released by owner when run ends
@@ -242,10 +257,10 @@ class JobBuffer:
     def _pop(self) -> Job | None:
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
-        entries, now, ttl = self._entries, trio.current_time(), self.config.ttl
+        entries, now = self._entries, trio.current_time()
         while entries:
             job, entered = entries.popleft()
-            if now - entered > ttl:
+            if now > self._stale_at(entered):
                 self._discard(job)
                 continue
             self._in_flight[job.id] = job
@@ -422,19 +437,32 @@ class JobBuffer:
         self._entries.extend((job, now) for job in result.jobs[:fits])
         self._takers.unpark(count=min(fits, len(result.jobs)))
         if len(result.jobs) > fits:
-            await self._release(result.jobs[fits:])
+            overflow = result.jobs[fits:]
+            try:
+                await self._release(overflow)
+            except BaseException:
+                self._discarded.extend(overflow)  # still ours: the next round or shutdown releases them
+                raise
         return len(result.jobs) + result.dead + result.quarantined >= limit
 
+    def _stale_at(self, entered: float) -> float:
+        """When an entry that entered at ``entered`` must no longer be handed out: past the
+        TTL, or once its lease may have lapsed because heartbeats kept failing (another
+        buffer could rescue it then, and two buffers would hold one job). Monotonic in
+        ``entered``, so the oldest entry is always the first to go stale."""
+        lease_safe_until = max(entered, self._leases_extended_at) + 0.8 * self.config.lease
+        return min(entered + self.config.ttl, lease_safe_until)
+
     def _sweep_stale(self) -> None:
-        entries, now, ttl = self._entries, trio.current_time(), self.config.ttl
-        while entries and now - entries[0][1] > ttl:
+        entries, now = self._entries, trio.current_time()
+        while entries and now > self._stale_at(entries[0][1]):
             self._discard(entries.popleft()[0])
 
     def _next_expiry(self) -> float:
         """Seconds until the oldest entry goes stale (inf when empty)."""
         if not self._entries:
             return math.inf
-        return max(0.0, self._entries[0][1] + self.config.ttl - trio.current_time()) + 1e-3
+        return max(0.0, self._stale_at(self._entries[0][1]) - trio.current_time()) + 1e-3
 
     def _take_discarded(self) -> list[Job]:
         jobs, self._discarded = self._discarded, []
@@ -479,9 +507,11 @@ async def open_job_buffer(
     ExceptionGroup.
     """
     buf = JobBuffer(source, worker_id, config)
-    # The buffer runs shielded until the block is left: when an enclosing scope is
-    # cancelled, the body's shielded acks must still land before the buffer shuts down.
-    run_scope = trio.CancelScope(shield=True)
+    # Once started, the buffer runs shielded until the block is left: when an enclosing
+    # scope is cancelled, the body's shielded acks must still land before the buffer shuts
+    # down. Not before it started: a caller cancelled during start-up must be able to
+    # cancel the start (trio then waits for the task to end, which a shield would prevent).
+    run_scope = trio.CancelScope()
 
     async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with run_scope:
@@ -490,6 +520,7 @@ async def open_job_buffer(
     with single_error():
         async with trio.open_nursery() as nursery:
             await nursery.start(run)
+            run_scope.shield = True
             try:
                 yield buf
             finally:

@@ -62,8 +62,10 @@ class Connections:
                 result: T = await trio_asyncio.aio_as_trio(op)(conn)
                 reusable = True
                 return result
+            except (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError):
+                raise  # FATAL: the server is closing this session (terminated, shutting down)
             except asyncpg.PostgresError:
-                reusable = True  # the server said no; the connection itself is fine
+                reusable = True  # the server said no to a statement; the connection is fine
                 raise
             finally:
                 self._busy.discard(conn)

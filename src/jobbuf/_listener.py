@@ -78,21 +78,25 @@ class Listener:
         delay = 0.1
         started = False
 
-        def up() -> None:
-            nonlocal started, delay
-            delay = 0.1
+        def report_started() -> None:
+            nonlocal started
             if not started:
                 started = True
                 task_status.started()
 
+        def connected() -> None:
+            nonlocal delay
+            delay = 0.1  # the backoff starts over only after a connection that worked
+            report_started()
+
         while True:
             try:
-                await self._session(up)
+                await self._session(connected)
             except _CONNECT_ERRORS as exc:
                 self.errors += 1
                 self.last_error = redact_dsn(f"{type(exc).__name__}: {exc}")
                 log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
-            up()
+            report_started()
             await trio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
             self.reconnects += 1
@@ -120,8 +124,10 @@ class Listener:
                 with trio.move_on_after(self._health_interval):
                     await lost.wait()
                 if not lost.is_set():  # a silent network loss shows only when we ask
-                    with trio.fail_after(5):
+                    with trio.move_on_after(5) as check:
                         await trio_asyncio.aio_as_trio(conn.fetchval)("SELECT 1")
+                    if check.cancelled_caught:
+                        raise ConnectionResetError("LISTEN connection did not answer a health check within 5s")
             raise ConnectionResetError("LISTEN connection closed")
         finally:
             self.connected = False

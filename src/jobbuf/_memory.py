@@ -209,8 +209,9 @@ class MemoryJobSource:
         lease: float,
         default_max_attempts: int,
     ) -> ClaimResult:
-        """Claim up to ``limit`` jobs: expired leases first (oldest lease first), then ready
-        pending rows in priority DESC, run_at, id order. A rescued row with no attempts left
+        """Claim up to ``limit`` jobs among ready pending rows and claimed rows whose lease
+        expired (at most ``limit`` of those, oldest lease first), in priority DESC, run_at,
+        id order. A rescued row with no attempts left
         becomes dead (``ClaimResult.dead``); a row whose payload does not decode becomes dead
         with the decode error (``ClaimResult.quarantined``). Jobs come back in claim order."""
         wanted = frozenset(check_identifier("queue", q) for q in queues)
@@ -227,7 +228,7 @@ class MemoryJobSource:
         token = secrets.randbits(63)
         taken: list[tuple[_Row, Any]] = []
         dead = quarantined = 0
-        for row in expired + ready[: max(limit - len(expired), 0)]:
+        for row in sorted(expired + ready[:limit], key=_claim_order)[:limit]:
             if row.status == "claimed" and row.attempts >= row.limit(default_max_attempts):
                 row.status, row.last_error = "dead", _RESCUED_DEAD
                 row.clear_claim()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from typing import TYPE_CHECKING
 
@@ -60,16 +59,13 @@ async def heartbeat_loop(buf: JobBuffer) -> None:
     next_extension = trio.current_time() + cfg.heartbeat_every
     while True:
         await trio.sleep(tick)
-        extend = trio.current_time() >= next_extension - tick / 2
+        started = trio.current_time()
+        extend = started >= next_extension - tick / 2
         try:
             await buf._publish(extend_leases=extend)
         except Exception as exc:
             buf._record_error("heartbeat", exc)
             continue
         if extend:
+            buf._leases_extended_at = started  # the new leases count from before the call
             next_extension = trio.current_time() + cfg.heartbeat_every
-
-
-def seconds_until(deadline: float) -> float:
-    """Seconds from now until ``deadline`` (trio time), never negative; inf for inf."""
-    return math.inf if deadline == math.inf else max(0.0, deadline - trio.current_time())

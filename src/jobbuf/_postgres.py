@@ -1,14 +1,15 @@
 """``PostgresJobSource``: jobs in PostgreSQL, reached with asyncpg through trio-asyncio.
 
-Every logical operation is one ``aio_as_trio`` hop: connection acquire, transaction and
-queries run together inside one asyncio coroutine, so a trio cancellation never leaks a
-pooled connection (DESIGN.md §3).
+Every logical operation is one ``aio_as_trio`` hop on a connection handed out on the trio
+side (``_connections``): the transaction and queries run together inside one asyncio
+coroutine, and a connection whose operation was interrupted is terminated, never reused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
@@ -75,6 +76,7 @@ class PostgresJobSource:
         *,
         keep_completed: bool,
         retry_timeout: float,
+        operation_timeout: float = 30.0,
         application_name: str | None = None,
     ) -> None:
         self._durable = durable
@@ -86,6 +88,7 @@ class PostgresJobSource:
         self._sql = sql
         self._keep_completed = keep_completed
         self._retry_timeout = retry_timeout
+        self._operation_timeout = operation_timeout
         self._ack_sql = sql.ack(keep_completed)
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
         self.application_name = application_name
@@ -94,7 +97,14 @@ class PostgresJobSource:
         """Migration versions applied when this source was opened with ``migrate=True``."""
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _call(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = False, relaxed: bool = False) -> T:
+    async def _call(
+        self,
+        op: Callable[[Any], Awaitable[T]],
+        *,
+        retry: bool = False,
+        relaxed: bool = False,
+        timeout: float | None = None,
+    ) -> T:
         """Run ``op(connection)`` as one asyncio hop, mapping driver errors to jobbuf errors.
 
         ``relaxed`` operations (claims, heartbeats) commit without waiting for the WAL
@@ -103,11 +113,17 @@ class PostgresJobSource:
         at-least-once. Enqueues, acks and releases always wait: they are durable.
         """
         connections = self._relaxed if relaxed else self._durable
+        limit = self._operation_timeout if timeout is None else timeout
         deadline = trio.current_time() + (self._retry_timeout if retry else 0.0)
         delay = 0.05
         while True:
             try:
-                return await connections.run(op)
+                # A server that stops answering (a blackholed network) must not block us
+                # forever: past operation_timeout the attempt is abandoned (its connection
+                # is terminated) and counts as a lost connection.
+                with trio.move_on_after(limit):
+                    return await connections.run(op)
+                raise TimeoutError(f"no answer within {limit:g}s")
             except MISSING_SCHEMA as exc:
                 problem = f"schema {self.schema!r} is missing or incomplete ({exc})"
                 raise SchemaError(self._schema_fix(problem)) from None
@@ -149,7 +165,7 @@ class PostgresJobSource:
                         applied.append(version)
                 return applied
 
-        return await self._call(op)
+        return await self._call(op, timeout=math.inf)  # a migration may take long
 
     async def check_schema(self) -> int:
         """Return the schema version; raise :class:`SchemaError` naming the fix if it is not usable."""
@@ -357,7 +373,7 @@ def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
             continue
         try:
             payload = json.loads(row[2])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             out.poison.append((row[0], claim.owner, claim.token, f"payload is not JSON: {exc}"))
             continue
         out.jobs.append(
@@ -414,6 +430,7 @@ async def open_postgres_source(
     pool_size: int = 10,
     retry_timeout: float = 10.0,
     connect_timeout: float = 5.0,
+    operation_timeout: float = 30.0,
     application_name: str | None = None,
 ) -> AsyncIterator[PostgresJobSource]:
     """Open a trio-asyncio loop, up to ``pool_size`` connections for durable operations
@@ -421,7 +438,10 @@ async def open_postgres_source(
 
     ``application_name``, when given, is set on every connection (pool and LISTEN), so
     this source's sessions can be told apart in ``pg_stat_activity`` (monitoring, or
-    fault-injection tests that terminate only their own backends).
+    fault-injection tests that terminate only their own backends). An operation with no
+    answer within ``operation_timeout`` seconds is abandoned (its connection terminated)
+    and handled like a lost connection: retried within ``retry_timeout`` where allowed,
+    else :class:`DatabaseUnavailableError`.
 
     Raises :class:`ConfigError` for a malformed DSN or schema name,
     :class:`DatabaseUnavailableError` when the server cannot be reached, and
@@ -446,7 +466,8 @@ async def open_postgres_source(
             try:
                 source = PostgresJobSource(
                     durable, relaxed, dsn, Statements(schema), keep_completed=keep_completed,
-                    retry_timeout=retry_timeout, application_name=application_name,
+                    retry_timeout=retry_timeout, operation_timeout=operation_timeout,
+                    application_name=application_name,
                 )  # fmt: skip
                 if migrate:
                     source.migrated = await source.migrate()

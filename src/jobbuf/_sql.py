@@ -53,6 +53,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Claims over several queues cannot walk jobs_ready (queue first) in claim order;
+        -- without this they sorted every pending row (0.75 s per poll at 1M rows).
+        CREATE INDEX jobs_ready_any ON {s}.jobs (priority DESC, run_at, id) WHERE status = 'pending';
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -147,28 +155,34 @@ class Statements:
 
     # -- the buffer's hot path ---------------------------------------------------------
     def claim(self, single_queue: bool) -> str:
-        # One statement. Rescue first: rows whose holder stopped heartbeating (expired
-        # lease); then ready pending rows in claim order. SKIP LOCKED keeps concurrent
-        # claimers disjoint. `id = ANY(ARRAY(...))` keeps the plan on the indexes; `IN
-        # (subquery)` can become a whole-table scan. With one queue the ready scan is an
-        # ordered walk of jobs_ready; with several it filters on the queue.
+        # One statement. Candidates are claimed rows whose holder stopped heartbeating
+        # (lease expired: at most $2 of them, oldest lease first) and ready pending rows;
+        # the $2 best of both in claim order (priority DESC, run_at, id) are claimed.
+        # SKIP LOCKED keeps concurrent claimers disjoint (a candidate locked but not
+        # chosen is free again at statement end). `id = ANY(ARRAY(...))` keeps the plan
+        # on the indexes; `IN (subquery)` can become a whole-table scan. With one queue the
+        # ready scan is an ordered walk of jobs_ready; with several, of jobs_ready_any.
         # $1 queues, $2 limit, $3 owner, $4 worker_id, $5 token, $6 default max_attempts,
         # $7 lease seconds.
         queue = "queue = ($1::text[])[1]" if single_queue else "queue = ANY($1::text[])"
         out_of_attempts = "(j.status = 'claimed' AND j.attempts >= coalesce(j.max_attempts, $6))"
         return f"""
         WITH expired AS (
-            SELECT id FROM {self.s}.jobs
+            SELECT id, priority, run_at FROM {self.s}.jobs
             WHERE status = 'claimed' AND lease_expires_at < now() AND queue = ANY($1::text[])
             ORDER BY lease_expires_at
             LIMIT $2
             FOR UPDATE SKIP LOCKED
         ), ready AS (
-            SELECT id FROM {self.s}.jobs
+            SELECT id, priority, run_at FROM {self.s}.jobs
             WHERE status = 'pending' AND {queue} AND run_at <= now()
             ORDER BY priority DESC, run_at, id
-            LIMIT greatest($2 - (SELECT count(*) FROM expired), 0)
+            LIMIT $2
             FOR UPDATE SKIP LOCKED
+        ), chosen AS (
+            SELECT id FROM (SELECT * FROM expired UNION ALL SELECT * FROM ready) AS candidate
+            ORDER BY priority DESC, run_at, id
+            LIMIT $2
         ), claimed AS (
             UPDATE {self.s}.jobs j SET
                 status = CASE WHEN {out_of_attempts} THEN 'dead' ELSE 'claimed' END,
@@ -181,7 +195,7 @@ class Statements:
                 last_error = CASE WHEN {out_of_attempts}
                              THEN 'lease expired on the last attempt (holder presumed crashed)'
                              ELSE j.last_error END
-            WHERE j.id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM ready))
+            WHERE j.id = ANY(ARRAY(SELECT id FROM chosen))
             RETURNING j.id, j.queue, j.payload, j.priority, j.attempts,
                       coalesce(j.max_attempts, $6) AS max_attempts, j.run_at, j.created_at,
                       j.status

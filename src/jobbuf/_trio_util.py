@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import trio
+
 __all__ = ["single_error"]
 
 
@@ -25,6 +27,11 @@ def single_error() -> Iterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        if len(leaves) != 1:
-            raise
-        raise leaves[0] from leaves[0].__cause__
+        # A Cancelled beside a real error only says the scope was cancelled meanwhile; the
+        # error is the explanation (the cancellation is re-delivered at the next checkpoint).
+        errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+        if len(errors) == 1:
+            raise errors[0] from errors[0].__cause__
+        if len(leaves) == 1:
+            raise leaves[0] from leaves[0].__cause__
+        raise

@@ -79,10 +79,12 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
         if job_timeout is None:
             await handler(job)
         else:
-            with trio.fail_after(job_timeout):
+            # move_on_after, not fail_after: a handler's own TooSlowError is an ordinary
+            # failure, and must not pass for the job's timeout.
+            with trio.move_on_after(job_timeout) as deadline:
                 await handler(job)
-    except trio.TooSlowError:
-        error = f"job timed out after {job_timeout:g}s"
+            if deadline.cancelled_caught:
+                error = f"job timed out after {job_timeout:g}s"
     except Exception as exc:
         error = exc
     except BaseException:  # cancelled (shutdown): the job goes back, unprocessed

@@ -312,3 +312,81 @@ async def test_subscribe_stats_yields_snapshots_and_rates_come_from_deltas() -> 
     elapsed = snapshots[-1].snapshot_at - snapshots[0].snapshot_at
     assert per_second["completed"] == pytest.approx((snapshots[-1].completed - snapshots[0].completed) / elapsed)
     assert rates(snapshots[0], snapshots[0])["taken"] == 0.0
+
+
+async def test_entries_are_not_handed_out_once_their_lease_may_have_lapsed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # With heartbeats failing, a buffered job's lease is not extended; past 0.8 x lease it
+    # could be rescued by another buffer, so it must be discarded (released), not handed out.
+    source = MemoryJobSource()
+    await source.enqueue("default", 1)
+    cfg = BufferConfig(lease=10, ttl=60, capacity=1, low_water=1, poll_interval=1000)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(0.1)
+        source.fail_next("heartbeat", DatabaseUnavailableError("down"), times=10_000)
+        await trio.sleep(5)
+        assert (buf.depth, buf.stats().discarded) == (1, 0)
+        await trio.sleep(4)  # past 0.8 x lease since the claim
+        assert buf.stats().discarded >= 1 and buf.stats().released >= 1
+        assert buf.stats().poll_errors > 0  # the failing heartbeats are counted
+
+
+async def test_cancelled_during_start_does_not_hang(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: the run scope was shielded before nursery.start() returned, so a caller
+    # cancelled during start-up waited forever for a run that could not be cancelled.
+    source = MemoryJobSource()
+    with trio.move_on_after(60) as outer:
+        with trio.move_on_after(0) as inner:
+            async with open_job_buffer(source, "w"):
+                pytest.fail("the body must not run")
+        assert inner.cancelled_caught
+    assert not outer.cancelled_caught
+
+
+async def test_handler_raising_its_own_too_slow_error_is_an_ordinary_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: with job_timeout=None, a handler's own TooSlowError crashed run_workers
+    # with a TypeError and the job came back forever.
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", [1], max_attempts=1)
+
+    async def impatient(job: Job) -> None:
+        with trio.fail_after(1):
+            await trio.sleep(2)
+
+    async with open_job_buffer(source, "w") as buf:
+        with trio.move_on_after(10):
+            await run_workers(buf, impatient, concurrency=1)
+    (state,) = await source.job_states([job_id])
+    assert state.status == "dead" and "TooSlowError" in (state.last_error or "")
+
+
+async def test_shutdown_failure_while_cancelled_is_one_plain_error(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: [Cancelled, DatabaseUnavailableError] came out as an ExceptionGroup.
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2])
+    with pytest.raises(DatabaseUnavailableError, match="could not release"), trio.CancelScope() as scope:
+        async with open_job_buffer(source, "w", BufferConfig(shutdown_timeout=1)) as buf:
+            await trio.sleep(1)
+            assert buf.depth == 2
+            source.fail_next("release_owner", DatabaseUnavailableError("down"), times=100)
+            scope.cancel()
+            await trio.sleep_forever()
+
+
+async def test_cancelled_stop_still_releases_the_buffered_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2, 3])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+        await trio.sleep(1)
+        assert buf.depth == 3
+        with pytest.raises(ConfigError, match="join_timeout"):
+            await buf.stop(join_timeout=-1)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await buf.stop(release=False)  # cancelled at once: nobody receives the jobs...
+        assert buf.depth == 0 and await buf.stop() == []
+        # ...so they went back even with release=False
+        assert {s.status for s in await source.job_states()} == {"pending"}

@@ -119,6 +119,17 @@ class AckLeaseAndOperatorContract(ContractOptions):
             assert (await row_state(source, job_id)).owner == "owner-b"
             assert await source.ack([Ack(new)], default_max_attempts=20) == ["done"]
 
+    async def test_rescued_rows_take_their_turn_in_claim_order(self, source: JobSource) -> None:
+        with trio.fail_after(TIMEOUT):
+            low = await source.enqueue("default", "low", priority=0)
+            await claim(source, "owner-a", lease=self.lease)  # holder "crashes" with it
+            await trio.sleep(self.lease + 0.1)
+            high = await source.enqueue("default", "high", priority=5)
+            first = await claim(source, "owner-b", limit=1)
+            second = await claim(source, "owner-b", limit=1)
+            # the higher priority pending job before the rescued lower priority one
+            assert [j.id for j in first.jobs + second.jobs] == [high, low]
+
     async def test_rescue_without_attempts_left_makes_the_job_dead(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
             job_id = await source.enqueue("default", "x", max_attempts=1)
