@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -100,7 +101,7 @@ class JobBuffer:
 
     @property
     def running(self) -> bool:
-        """True while the poller is active (after start, before stop or exit)."""
+        """True from the start of ``run`` until ``stop()`` or exit (the poller is active)."""
         return self._state == "running"
 
     @property
@@ -281,20 +282,21 @@ class JobBuffer:
         """Put jobs straight into the buffer, without claiming; return how many it took.
 
         It takes up to the free capacity, in order; the caller keeps the rest. A job keeps
-        any claim it carries, so it can still be acked; its TTL counts from now.
+        any claim it carries, so it can still be acked; its TTL counts from now. To move
+        claimed jobs between buffers, take them from ``stop(release=False)`` of the first:
+        a job still held (buffered or taken) by a running buffer is released when that
+        buffer exits. All-or-nothing on bad input: a non-``Job`` is a ``TypeError``.
         """
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
-        free = self._free()
-        now, taken = trio.current_time(), 0
-        for job in jobs:
-            if taken >= free:
-                break
+        accepted = list(itertools.islice(jobs, self._free()))
+        for job in accepted:
             if not isinstance(job, Job):
                 raise TypeError(f"offer_jobs takes Job objects, got {type(job).__name__}")
+        now, taken = trio.current_time(), len(accepted)
+        for job in accepted:
             self._in_flight.pop(job.id, None)
             self._entries.append((job, now))
-            taken += 1
         self._counters.offered += taken
         self._takers.unpark(count=taken)
         return taken
@@ -417,10 +419,15 @@ class JobBuffer:
     async def _claim_once(self) -> bool:
         """Claim one batch; return whether it came back full (more may be ready)."""
         limit = min(self.config.claim_size, self._free())
-        result = await self._source.claim(
-            owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
-            lease=self.config.lease, default_max_attempts=self.config.max_attempts,
-        )  # fmt: skip
+        # Shielded (with a deadline): a claim cancelled mid-statement could still commit on
+        # the server after the exit's release-by-owner ran, leaving rows claimed by a gone
+        # instance until their lease expires. Letting it finish puts them in the buffer,
+        # where stop() and the exit release them.
+        with trio.CancelScope(shield=True, relative_deadline=self.config.shutdown_timeout):
+            result = await self._source.claim(
+                owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
+                lease=self.config.lease, default_max_attempts=self.config.max_attempts,
+            )  # fmt: skip
         c = self._counters
         c.polls += 1
         c.dead += result.dead + result.quarantined

@@ -139,7 +139,9 @@ class PostgresJobSource:
             delay = min(delay * 2, 1.0)
 
     def _schema_fix(self, problem: str) -> str:
-        return f"{problem}: run `jobbuf migrate --dsn {self.dsn} --schema {self.schema}` or pass migrate=True"
+        # A redacted DSN would not work if copied: then the hint names a placeholder.
+        dsn = "<your DSN>" if "***" in self.dsn else self.dsn
+        return f"{problem}: run `jobbuf migrate --dsn {dsn} --schema {self.schema}` or pass migrate=True"
 
     async def _fetch(self, sql: str, *args: Any, retry: bool = False) -> list[Any]:
         async def op(conn: Any) -> list[Any]:
