@@ -18,7 +18,8 @@ from ._errors import (
 )
 from ._job import Claim, Job
 from ._memory import MemoryJobSource
-from ._postgres import PostgresJobSource, open_postgres_source
+from ._open_postgres import open_postgres_source
+from ._postgres import PostgresJobSource
 from ._source import Ack, AckOutcome, ClaimResult, JobSource, JobState, QueueCounts, WorkerInfo
 from ._stats import BufferStats, rates
 from ._workers import run_workers

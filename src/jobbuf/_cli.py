@@ -19,7 +19,8 @@ from jobbuf_monitor.embedded import cli_dsn, redact_dsn
 
 from ._config import check_identifier
 from ._errors import JobbufError
-from ._postgres import PostgresJobSource, open_postgres_source
+from ._open_postgres import open_postgres_source
+from ._postgres import PostgresJobSource
 from ._source import check_enqueue
 from ._trio_util import single_error
 

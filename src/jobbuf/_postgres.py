@@ -12,20 +12,18 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
 from jobbuf_monitor.embedded import redact_dsn
 
 from ._config import check_identifier
 from ._connections import Connections
-from ._errors import ConfigError, DatabaseUnavailableError, SchemaError
+from ._errors import DatabaseUnavailableError, SchemaError
 from ._job import Claim, Job
 from ._listener import Listener
 from ._source import (
@@ -39,9 +37,8 @@ from ._source import (
     encode_payload,
 )
 from ._sql import MIGRATIONS, SCHEMA_VERSION, Statements
-from ._trio_util import single_error
 
-__all__ = ["PostgresJobSource", "open_postgres_source"]
+__all__ = ["TRANSIENT", "PostgresJobSource", "reason"]
 
 log = logging.getLogger("jobbuf.postgres")
 T = TypeVar("T")
@@ -132,8 +129,8 @@ class PostgresJobSource:
                     raise
                 remaining = deadline - trio.current_time()
                 if remaining <= 0:
-                    raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {_reason(exc)}") from None
-                log.warning("database unavailable at %s (%s); retrying", self.dsn, _reason(exc))
+                    raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {reason(exc)}") from None
+                log.warning("database unavailable at %s (%s); retrying", self.dsn, reason(exc))
             # Backoff with jitter, the last sleep cut to the deadline: one more try at it.
             await trio.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
             delay = min(delay * 2, 1.0)
@@ -406,99 +403,6 @@ def _is_dead_connection(exc: BaseException) -> bool:
     return "cannot switch to state" in str(exc)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """An exception's text for a message, with any DSN password redacted."""
     return redact_dsn(str(exc) or type(exc).__name__)
-
-
-def _check_dsn(dsn: object) -> str:
-    if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
-        shown = redact_dsn(dsn) if isinstance(dsn, str) else repr(dsn)
-        raise ConfigError(f"dsn={shown!r} is invalid: use a URL like postgresql://user@host:5432/dbname")
-    return dsn
-
-
-def _log_loop_exception(loop: Any, context: dict[str, Any]) -> None:
-    # trio-asyncio's default handler re-raises, which would kill the whole loop (§3).
-    log.warning("asyncio: %s", redact_dsn(str(context.get("message"))), exc_info=context.get("exception"))
-
-
-@asynccontextmanager
-async def open_postgres_source(
-    dsn: str,
-    *,
-    schema: str = "jobbuf",
-    migrate: bool = False,
-    keep_completed: bool = False,
-    pool_size: int = 10,
-    retry_timeout: float = 10.0,
-    connect_timeout: float = 5.0,
-    operation_timeout: float = 30.0,
-    application_name: str | None = None,
-) -> AsyncIterator[PostgresJobSource]:
-    """Open a trio-asyncio loop, up to ``pool_size`` connections for durable operations
-    (plus as many for claims and heartbeats) and a LISTEN connection on ``dsn``.
-
-    ``application_name``, when given, is set on every connection (pool and LISTEN), so
-    this source's sessions can be told apart in ``pg_stat_activity`` (monitoring, or
-    fault-injection tests that terminate only their own backends). An operation with no
-    answer within ``operation_timeout`` seconds is abandoned (its connection terminated)
-    and handled like a lost connection: retried within ``retry_timeout`` where allowed,
-    else :class:`DatabaseUnavailableError`.
-
-    Raises :class:`ConfigError` for a malformed DSN or schema name,
-    :class:`DatabaseUnavailableError` when the server cannot be reached, and
-    :class:`SchemaError` when the schema is missing (unless ``migrate=True``, which creates
-    or upgrades it). On exit every connection is closed, shielded, within a deadline.
-    """
-    dsn = _check_dsn(dsn)
-    check_identifier("schema", schema)
-    if len(schema) > 48:
-        raise ConfigError(f"schema={schema!r} is too long: use at most 48 characters")
-    _server_settings(application_name)  # validate eagerly, before any connection
-    with single_error():
-        async with trio_asyncio.open_loop() as loop:
-            loop.set_exception_handler(_log_loop_exception)
-            settings = _server_settings(application_name)
-            durable = Connections(dsn, pool_size, connect_timeout=connect_timeout, server_settings=settings)
-            relaxed = Connections(
-                dsn, pool_size, connect_timeout=connect_timeout,
-                server_settings={**(settings or {}), "synchronous_commit": "off"},
-            )  # fmt: skip
-            await _open(durable, dsn)
-            try:
-                source = PostgresJobSource(
-                    durable, relaxed, dsn, Statements(schema), keep_completed=keep_completed,
-                    retry_timeout=retry_timeout, operation_timeout=operation_timeout,
-                    application_name=application_name,
-                )  # fmt: skip
-                if migrate:
-                    source.migrated = await source.migrate()
-                else:
-                    await source.check_schema()
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(source.listener.run)
-                    yield source
-                    nursery.cancel_scope.cancel()
-            finally:
-                await relaxed.aclose()
-                await durable.aclose()
-
-
-def _server_settings(application_name: str | None) -> dict[str, str] | None:
-    """asyncpg ``server_settings`` for an optional ``application_name``."""
-    if application_name is None:
-        return None
-    if not isinstance(application_name, str) or not application_name.isprintable() or len(application_name) > 63:
-        raise ConfigError(
-            f"application_name={application_name!r} is invalid: use a printable string of at most 63 characters"
-        )
-    return {"application_name": application_name}
-
-
-async def _open(connections: Connections, dsn: str) -> None:
-    try:
-        await connections.open()
-    except (asyncpg.ClientConfigurationError, ValueError) as exc:
-        raise ConfigError(f"dsn {redact_dsn(dsn)!r} is invalid: {_reason(exc)}") from None
-    except (*TRANSIENT, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {_reason(exc)}") from None

@@ -37,7 +37,8 @@ from jobbuf_monitor.embedded import redact_dsn, test_dsn
 
 from .._config import check_identifier
 from .._memory import MemoryJobSource
-from .._postgres import PostgresJobSource, open_postgres_source
+from .._open_postgres import open_postgres_source
+from .._postgres import PostgresJobSource
 
 __all__ = ["drop_schema", "fresh_postgres_source", "fresh_schema_name", "leftover_schemas"]
 

@@ -1,0 +1,134 @@
+"""The ack half of :class:`~jobbuf.JobBuffer`: ``complete``, ``fail``, ``release``."""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+
+import trio
+
+from ._acks import AckBatcher
+from ._config import BufferConfig
+from ._errors import BufferClosedError, ConfigError, DatabaseUnavailableError, LeaseLostError
+from ._job import Job
+from ._source import Ack, AckOutcome
+from ._stats import Counters
+
+__all__ = ["AckMethods"]
+
+log = logging.getLogger("jobbuf.buffer")
+
+
+class AckMethods:
+    """Acks of a buffer's jobs; mixed into :class:`~jobbuf.JobBuffer`, whose state it uses."""
+
+    config: BufferConfig
+    _worker_id: str
+    _state: str
+    _acks: AckBatcher
+    _in_flight: dict[int, Job]
+    _unconfirmed: dict[int, Job]
+    _counters: Counters
+
+    async def _release(self, jobs: list[Job]) -> list[int]:
+        raise NotImplementedError  # JobBuffer's
+
+    async def complete(self, job: Job) -> None:
+        """Mark ``job`` done, durably (batched with concurrent acks).
+
+        Raises :class:`LeaseLostError` if another owner holds it now (nothing changed),
+        :class:`BufferClosedError` after ``run`` ended, and
+        :class:`DatabaseUnavailableError` if the database stayed unreachable.
+        """
+        await self._ack(Ack(job))
+
+    async def fail(self, job: Job, error: BaseException | str, *, retry_in: float | None = None) -> None:
+        """Record a failed attempt: retry after ``retry_in`` seconds (default: exponential
+        backoff with jitter, see :meth:`retry_delay`), or make the job dead, keeping
+        ``error``, once it has used ``max_attempts``. Same errors as :meth:`complete`."""
+        await self._ack(self._failure(job, error, retry_in))
+
+    def _failure(self, job: Job, error: BaseException | str, retry_in: float | None) -> Ack:
+        if retry_in is not None and (isinstance(retry_in, bool) or not retry_in >= 0):
+            raise ConfigError(f"retry_in={retry_in!r} is invalid: pass seconds >= 0, or None for backoff")
+        text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
+        delay = self.retry_delay(job.attempts) if retry_in is None else float(retry_in)
+        return Ack(job, error=text[:4000], retry_in=delay)
+
+    def retry_delay(self, attempts: int) -> float:
+        """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,
+        then "equal jitter": a uniform value in ``[d/2, d]``."""
+        d = min(self.config.retry_max, self.config.retry_base * 2.0 ** min(max(attempts - 1, 0), 60))
+        return random.uniform(d / 2, d)
+
+    async def release(self, job: Job) -> bool:
+        """Give a taken job back to the source unprocessed (attempt given back). Returns
+        whether the row was released (False if its claim no longer matches)."""
+        self._in_flight.pop(job.id, None)
+        try:
+            released = await self._release([job])
+        except DatabaseUnavailableError:
+            self._unconfirmed[job.id] = job  # still ours as far as we know (see __init__)
+            raise
+        self._unconfirmed.pop(job.id, None)
+        return job.id in released
+
+    async def _ack(self, ack: Ack) -> None:
+        if self._state == "closed":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
+        job = ack.job
+        try:
+            if job.claim is None:  # built by hand: nothing to change in the source
+                await trio.lowlevel.checkpoint()
+                outcome: AckOutcome = "done" if ack.error is None else "retry"
+            else:
+                outcome = await self._acks.submit(ack)
+        except DatabaseUnavailableError:
+            self._unconfirmed[job.id] = job
+            raise
+        finally:
+            self._in_flight.pop(job.id, None)
+        self._unconfirmed.pop(job.id, None)
+        self._count_outcome(outcome)
+        if outcome == "lost":
+            raise LeaseLostError(
+                f"job {job.id} is no longer owned by this buffer (lease lost to another owner); ack not applied",
+                (job.id,),
+            )
+
+    def _ack_soon(self, ack: Ack) -> None:
+        """Queue ``ack`` without waiting for it (``run_workers``' path; a pump flushes it).
+
+        The job stays in flight, its lease extended, until the flush ends; the outcome is
+        counted then, and a lost lease or an unreachable database is logged."""
+        if self._state == "closed":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
+        if ack.job.claim is None:  # built by hand: nothing to change in the source
+            self._in_flight.pop(ack.job.id, None)
+            self._count_outcome("done" if ack.error is None else "retry")
+        else:
+            self._acks.submit_nowait(ack, self._acked)
+
+    def _acked(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
+        job = ack.job
+        self._in_flight.pop(job.id, None)
+        if error is not None or outcome is None:
+            if isinstance(error, DatabaseUnavailableError):
+                self._unconfirmed[job.id] = job
+            log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, job.id, error)
+            return
+        self._unconfirmed.pop(job.id, None)
+        self._count_outcome(outcome)
+        if outcome == "lost":
+            log.warning("jobbuf buffer %r: job %s was taken over; ack not applied", self._worker_id, job.id)
+
+    def _count_outcome(self, outcome: AckOutcome) -> None:
+        c = self._counters
+        if outcome == "done":
+            c.completed += 1
+        elif outcome == "lost":
+            c.lease_lost += 1
+        else:
+            c.failed += 1
+            c.dead += outcome == "dead"
