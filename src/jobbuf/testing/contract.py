@@ -127,6 +127,17 @@ class SourceContract(AckLeaseAndOperatorContract):
             rest = await claim(source, limit=10)
             assert [j.id for j in rest.jobs] == [a, d, e]
 
+    async def test_claim_over_several_queues_keeps_one_claim_order(self, source: JobSource) -> None:
+        with trio.fail_after(TIMEOUT):
+            base = past(60)
+            a0 = await source.enqueue("alpha", "a0", run_at=base)
+            b5 = await source.enqueue("beta", "b5", run_at=base, priority=5)
+            a3 = await source.enqueue("alpha", "a3", run_at=base, priority=3)
+            b0 = await source.enqueue("beta", "b0", run_at=base - timedelta(seconds=1))
+            first = await claim(source, queues=("alpha", "beta"), limit=3)
+            assert [j.id for j in first.jobs] == [b5, a3, b0]
+            assert [j.id for j in (await claim(source, queues=("beta", "alpha"))).jobs] == [a0]
+
     async def test_future_run_at_is_not_claimed_until_due(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
             later = await source.enqueue("default", "later", run_at=datetime.now(UTC) + timedelta(hours=1))
