@@ -47,7 +47,7 @@ async def _claim(p: dict[str, Any]) -> dict[str, Any]:
     )
     await conn.execute(f"ANALYZE {st.s}.jobs")
     log(f"claim: {rows} rows built in {time.perf_counter() - t0:.1f}s")
-    sql = st.claim()
+    sql = st.claim(single_queue=True)
     args = (["default"], batch, "bench-owner", "bench", secrets.randbits(63), 20, 30.0)
     plan = [r[0] for r in await conn.fetch("EXPLAIN " + sql, *args)]
     stmt = await conn.prepare(sql)

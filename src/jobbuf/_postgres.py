@@ -87,7 +87,7 @@ class PostgresJobSource:
         self._retry_timeout = retry_timeout
         self._operation_timeout = operation_timeout
         self._ack_sql = sql.ack(keep_completed)
-        self._claim_sql = sql.claim()
+        self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
         self.application_name = application_name
         self.listener = Listener(dsn, sql.jobs_channel, application_name=application_name)
         self.migrated: list[int] = []
@@ -237,7 +237,7 @@ class PostgresJobSource:
         default_max_attempts: int,
     ) -> ClaimResult:
         """Claim up to ``limit`` jobs in one statement (see ``_sql.Statements.claim``)."""
-        sql = self._claim_sql
+        sql = self._claim_sql[len(queues) == 1]
         quarantine_sql = self._sql.quarantine()
         claim = Claim(owner, secrets.randbits(63))
 
