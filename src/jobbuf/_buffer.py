@@ -256,9 +256,10 @@ class JobBuffer(AckMethods):
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
         entries, now = self._entries, trio.current_time()
+        stale_before = self._stale_before(now)
         while entries:
             job, entered = entries.popleft()
-            if now > self._stale_at(entered):
+            if entered < stale_before:
                 self._discard(job)
                 continue
             self._in_flight[job.id] = job
@@ -349,24 +350,29 @@ class JobBuffer(AckMethods):
                 raise
         return len(result.jobs) + result.dead + result.quarantined >= limit
 
-    def _stale_at(self, entered: float) -> float:
-        """When an entry that entered at ``entered`` must no longer be handed out: past the
-        TTL, or once its lease may have lapsed because heartbeats kept failing (another
-        buffer could rescue it then, and two buffers would hold one job). Monotonic in
-        ``entered``, so the oldest entry is always the first to go stale."""
-        lease_safe_until = max(entered, self._leases_extended_at) + 0.8 * self.config.lease
-        return min(entered + self.config.ttl, lease_safe_until)
+    def _stale_before(self, now: float) -> float:
+        """Entries that entered before this time must no longer be handed out: past the
+        TTL, or, while heartbeats keep failing, once their lease may have lapsed (another
+        buffer could rescue them then, and two buffers would hold one job). One number
+        for the whole deque: entries are in entry order, so the stale ones lead."""
+        cut = now - self.config.ttl
+        lease_cut = now - 0.8 * self.config.lease
+        if self._leases_extended_at < lease_cut:  # no extension within 0.8 x lease
+            cut = max(cut, lease_cut)
+        return cut
 
     def _sweep_stale(self) -> None:
-        entries, now = self._entries, trio.current_time()
-        while entries and now > self._stale_at(entries[0][1]):
+        entries, stale_before = self._entries, self._stale_before(trio.current_time())
+        while entries and entries[0][1] < stale_before:
             self._discard(entries.popleft()[0])
 
     def _next_expiry(self) -> float:
         """Seconds until the oldest entry goes stale (inf when empty)."""
         if not self._entries:
             return math.inf
-        return max(0.0, self._stale_at(self._entries[0][1]) - trio.current_time()) + 1e-3
+        entered = self._entries[0][1]
+        stale_at = min(entered + self.config.ttl, max(entered, self._leases_extended_at) + 0.8 * self.config.lease)
+        return max(0.0, stale_at - trio.current_time()) + 1e-3
 
     def _take_discarded(self) -> list[Job]:
         jobs, self._discarded = self._discarded, []
