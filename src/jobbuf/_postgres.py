@@ -397,8 +397,9 @@ def _is_dead_connection(exc: BaseException) -> bool:
     sends a FATAL error and closes the socket. asyncpg parses the error first and waits,
     in its "error consume" state, for a ReadyForQuery that never comes; a query sent on
     that connection before the close is processed fails with "cannot switch to state N;
-    another operation (2) is in progress". The pool then discards the connection, so the
-    operation is transient like any other connection loss (retried where allowed).
+    another operation (2) is in progress". ``Connections`` terminates a connection whose
+    operation failed that way, so the operation is transient like any other connection
+    loss (retried where allowed).
     """
     return "cannot switch to state" in str(exc)
 
