@@ -21,7 +21,9 @@ from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.message import Message
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from .embedded import redact_dsn
@@ -145,10 +147,11 @@ class MonitorApp(App[None]):
             self.history["depth"].append(snap.total("depth"))
             self.history["claims"].append(snap.rates.get("claims_per_s", 0.0))
             self.history["discards"].append(snap.rates.get("discards_per_s", 0.0))
-        for table in self.query(DataTable):
-            table.set_class(self.state != "connected", "-offline")
         if not self.paused:
             self.refresh_view()
+        elif self.screen_stack:  # frozen, but a lost connection still shows
+            for table in self.screen_stack[0].query(DataTable):
+                table.set_class(self.state != "connected", "-offline")
 
     # -- rendering -----------------------------------------------------------------------
     def visible_workers(self) -> list[dict[str, Any]]:
@@ -162,20 +165,36 @@ class MonitorApp(App[None]):
         return sorted(rows, key=SORTS[self.sort_index][1])
 
     def refresh_view(self) -> None:
-        """Redraw everything from the latest snapshot (a no-op for the tables before the first)."""
-        self._render_header()
+        """Redraw everything from the latest snapshot (a no-op for the tables before the first).
+
+        The widgets live on the base screen, which is drawn under the details screen too,
+        so updates go on while details are open. While the app shuts down the widgets are
+        already gone; an update that arrives then is dropped."""
+        if not self.screen_stack:
+            return
+        try:
+            self._redraw(self.screen_stack[0])
+        except NoMatches:
+            return
+
+    def _redraw(self, base: Screen[Any]) -> None:
+        base.query_one("#header", Static).update(self.header_text())
+        for table in base.query(DataTable):
+            table.set_class(self.state != "connected", "-offline")
         if self.latest is None:
             return
         workers = self.visible_workers()
-        self.query_one(WorkersTable).show(workers)
-        self.query_one(QueuesTable).show(self.latest.queues)
+        base.query_one(WorkersTable).show(workers)
+        base.query_one(QueuesTable).show(self.latest.queues)
         title = f"workers ({len(workers)} of {len(self.latest.workers)})" if self.filter_text else "workers"
-        self.query_one("#workers").border_title = title
-        self.query_one("#workers").border_subtitle = f"sort: {SORTS[self.sort_index][0]}"
+        base.query_one("#workers").border_title = title
+        base.query_one("#workers").border_subtitle = f"sort: {SORTS[self.sort_index][0]}"
         rates = self.latest.rates
-        self.query_one("#trend-depth", Trend).push(self.history["depth"], f"{self.latest.total('depth'):,.0f}")
-        self.query_one("#trend-claims", Trend).push(self.history["claims"], fmt_rate(rates.get("claims_per_s")))
-        self.query_one("#trend-discards", Trend).push(self.history["discards"], fmt_rate(rates.get("discards_per_s")))
+        base.query_one("#trend-depth", Trend).push(self.history["depth"], f"{self.latest.total('depth'):,.0f}")
+        base.query_one("#trend-claims", Trend).push(self.history["claims"], fmt_rate(rates.get("claims_per_s")))
+        base.query_one("#trend-discards", Trend).push(
+            self.history["discards"], fmt_rate(rates.get("discards_per_s"))
+        )
         self.updates += 1
 
     def header_text(self) -> Text:
@@ -224,7 +243,8 @@ class MonitorApp(App[None]):
         return text
 
     def _render_header(self) -> None:
-        self.query_one("#header", Static).update(self.header_text())
+        if self.screen_stack:
+            self.screen_stack[0].query_one("#header", Static).update(self.header_text())
 
     # -- actions -------------------------------------------------------------------------
     def action_toggle_pause(self) -> None:

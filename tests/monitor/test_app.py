@@ -223,3 +223,19 @@ def test_counts_growing_past_the_column_width_are_shown_whole(db: Db) -> None:
             assert table.columns[label].get_render_width(table) >= len("7,654,321") + 2 * table.cell_padding  # type: ignore[index]
 
     drive(MonitorApp(db.dsn, schema=db.schema, refresh=0.1), script)
+
+
+def test_updates_go_on_while_details_are_open(db: Db) -> None:
+    # The widgets live on the base screen; redraws must go on under the details screen.
+    instance = run(db.add_worker("busy", claimed=1))
+
+    async def script(pilot: Pilot[None], app: MonitorApp) -> None:
+        await wait_for(with_rows(1, app))
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, DetailsScreen))
+        before = app.updates
+        await db.add_worker("busy", instance=instance, claimed=2)
+        await wait_for(lambda: app.updates > before and rows(app)["busy"][4] == "2")
+        assert isinstance(app.screen, DetailsScreen)
+
+    drive(MonitorApp(db.dsn, schema=db.schema, refresh=0.1), script)
