@@ -61,7 +61,9 @@ class PostgresJobSource:
 
     Enqueues and acks retry for up to ``retry_timeout`` seconds while the database is
     unreachable, then raise :class:`DatabaseUnavailableError`; claims are not retried here
-    (the buffer's poller backs off). No message ever contains the DSN's password.
+    (the buffer's poller backs off). One attempt that gets no answer at all is abandoned
+    after ``operation_timeout`` seconds, so the longest wait is about the sum of the two.
+    No message ever contains the DSN's password.
     """
 
     def __init__(
