@@ -74,13 +74,26 @@ def _check_args(args: argparse.Namespace) -> None:
     check_identifier("schema", args.schema)
 
 
+ENQUEUE_CHUNK = 10_000
+
+
 async def _enqueue(source: PostgresJobSource, args: argparse.Namespace) -> None:
-    payload = args.payload
+    # In chunks (one statement and one NOTIFY each), with progress on stderr for big counts.
+    # Each chunk is atomic; if a later one fails, the message says how many were added.
     run_at = datetime.now(UTC) + timedelta(seconds=args.delay) if args.delay > 0 else None
-    with trio.fail_after(60):
-        ids = await source.enqueue_many(
-            args.queue, [payload] * args.count, priority=args.priority, run_at=run_at, max_attempts=args.max_attempts
-        )
+    ids: list[int] = []
+    while len(ids) < args.count:
+        n = min(ENQUEUE_CHUNK, args.count - len(ids))
+        try:
+            with trio.fail_after(60):
+                ids += await source.enqueue_many(
+                    args.queue, [args.payload] * n, priority=args.priority, run_at=run_at,
+                    max_attempts=args.max_attempts,
+                )  # fmt: skip
+        except (JobbufError, trio.TooSlowError) as exc:
+            raise JobbufError(f"{exc} (enqueued {len(ids)} of {args.count} before that)") from None
+        if args.count > ENQUEUE_CHUNK:
+            print(f"jobbuf: enqueued {len(ids)}/{args.count}", file=sys.stderr, flush=True)
     shown = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
     print(f"jobbuf: enqueued {len(ids)} job(s) on {args.queue!r} (id {shown})")
 

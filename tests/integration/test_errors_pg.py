@@ -124,3 +124,18 @@ def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str) -> None:
         assert missing_flag.returncode == 2  # argparse: --dead is required
     finally:
         drop_schema(jobbuf_dsn, schema)
+
+
+def test_cli_enqueue_of_many_jobs_reports_progress(jobbuf_dsn: str) -> None:
+    from jobbuf.testing.plugin import drop_schema
+
+    schema = fresh_schema_name()
+    env = {"JOBBUF_DSN": jobbuf_dsn}
+    try:
+        assert _cli("jobbuf", "--schema", schema, "migrate", env=env).returncode == 0
+        out = _cli("jobbuf", "--schema", schema, "enqueue", "bulk", "{}", "--count", "12345", env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr.splitlines() == ["jobbuf: enqueued 10000/12345", "jobbuf: enqueued 12345/12345"]
+        assert "enqueued 12345 job(s) on 'bulk'" in out.stdout
+    finally:
+        drop_schema(jobbuf_dsn, schema)
