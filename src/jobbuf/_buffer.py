@@ -227,7 +227,8 @@ class JobBuffer(AckMethods):
     async def take_job(self, timeout: float | None = None) -> Job | None:
         """Wait up to ``timeout`` seconds (forever if ``None``) for a job; ``None`` on timeout.
 
-        Entries older than ``config.ttl`` are discarded silently: counted in
+        Entries older than ``config.ttl`` (or whose lease may have lapsed: no successful
+        heartbeat for 0.8 x ``lease``) are discarded silently: counted in
         ``stats().discarded`` and released to the source without charging an attempt.
         Cancellation-atomic: cancelled, it either returned a job or left it buffered.
         Raises :class:`BufferClosedError` once the buffer is stopped.

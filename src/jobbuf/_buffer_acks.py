@@ -75,22 +75,21 @@ class AckMethods:
         return job.id in released
 
     async def _ack(self, ack: Ack) -> None:
-        if self._state == "closed":
-            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
         job = ack.job
-        try:
-            if job.claim is None:  # built by hand: nothing to change in the source
-                await trio.lowlevel.checkpoint()
-                outcome: AckOutcome = "done" if ack.error is None else "retry"
-            else:
+        self._check_open(job)
+        if job.claim is None:  # built by hand: nothing to change in the source
+            await trio.lowlevel.checkpoint()
+            outcome: AckOutcome = "done" if ack.error is None else "retry"
+        else:
+            try:
                 outcome = await self._acks.submit(ack)
-        except DatabaseUnavailableError:
-            self._unconfirmed[job.id] = job
-            raise
-        finally:
-            self._in_flight.pop(job.id, None)
-        self._unconfirmed.pop(job.id, None)
-        self._count_outcome(outcome)
+            except DatabaseUnavailableError as exc:
+                self._settle(job, None, exc)
+                raise
+            except BaseException:
+                self._in_flight.pop(job.id, None)
+                raise
+        self._settle(job, outcome, None)
         if outcome == "lost":
             raise LeaseLostError(
                 f"job {job.id} is no longer owned by this buffer (lease lost to another owner); ack not applied",
@@ -102,26 +101,34 @@ class AckMethods:
 
         The job stays in flight, its lease extended, until the flush ends; the outcome is
         counted then, and a lost lease or an unreachable database is logged."""
-        if self._state == "closed":
-            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {ack.job.id} refused")
+        self._check_open(ack.job)
         if ack.job.claim is None:  # built by hand: nothing to change in the source
-            self._in_flight.pop(ack.job.id, None)
-            self._count_outcome("done" if ack.error is None else "retry")
+            self._settle(ack.job, "done" if ack.error is None else "retry", None)
         else:
             self._acks.submit_nowait(ack, self._acked)
 
     def _acked(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
-        job = ack.job
+        self._settle(ack.job, outcome, error)
+        if error is not None:
+            log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, ack.job.id, error)
+        elif outcome == "lost":
+            log.warning("jobbuf buffer %r: job %s was taken over; ack not applied", self._worker_id, ack.job.id)
+
+    def _check_open(self, job: Job) -> None:
+        if self._state == "closed":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {job.id} refused")
+
+    def _settle(self, job: Job, outcome: AckOutcome | None, error: BaseException | None) -> None:
+        """Bookkeeping once an ack's fate is known, on both paths: the job leaves the
+        in-flight set; an ack the database could not confirm keeps it on record (the
+        shutdown error names it); a known outcome is counted."""
         self._in_flight.pop(job.id, None)
         if error is not None or outcome is None:
             if isinstance(error, DatabaseUnavailableError):
                 self._unconfirmed[job.id] = job
-            log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, job.id, error)
             return
         self._unconfirmed.pop(job.id, None)
         self._count_outcome(outcome)
-        if outcome == "lost":
-            log.warning("jobbuf buffer %r: job %s was taken over; ack not applied", self._worker_id, job.id)
 
     def _count_outcome(self, outcome: AckOutcome) -> None:
         c = self._counters

@@ -95,7 +95,7 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
     try:
         buf._ack_soon(Ack(job) if error is None else buf._failure(job, error, None))
     except BufferClosedError:
-        log.warning("jobbuf: ack of job %s refused: the buffer has exited (the job is redelivered)", job.id)
+        _log_refused(job)
         return
     if buf._acks.pending >= ACK_BACKLOG:  # the database is slower than the handlers: wait
         await buf._acks.wait_for_flush()
@@ -105,6 +105,10 @@ async def _quietly(ack: Awaitable[Any], job: Job) -> None:
     try:
         await ack
     except BufferClosedError:
-        log.warning("jobbuf: ack of job %s refused: the buffer has exited (the job is redelivered)", job.id)
+        _log_refused(job)
     except JobbufError as exc:
         log.warning("jobbuf: ack of job %s not applied: %s", job.id, exc)
+
+
+def _log_refused(job: Job) -> None:
+    log.warning("jobbuf: ack of job %s refused: the buffer has exited (the job is redelivered)", job.id)
