@@ -30,13 +30,20 @@ class Listener:
     """
 
     def __init__(
-        self, dsn: str, channel: str, health_interval: float = 10.0, *, application_name: str | None = None
+        self,
+        dsn: str,
+        channel: str,
+        *,
+        health_interval: float = 10.0,
+        health_timeout: float = 5.0,
+        application_name: str | None = None,
     ) -> None:
         self._dsn = dsn
         # Same application_name as the source's pool, so its session is identifiable too.
         self._server_settings = None if application_name is None else {"application_name": application_name}
         self._channel = channel
         self._health_interval = health_interval
+        self._health_timeout = health_timeout
         self._subscribers: dict[int, tuple[frozenset[str], Callable[[], None]]] = {}
         self._ids = count()
         self.connected = False
@@ -124,10 +131,12 @@ class Listener:
                 with trio.move_on_after(self._health_interval):
                     await lost.wait()
                 if not lost.is_set():  # a silent network loss shows only when we ask
-                    with trio.move_on_after(5) as check:
+                    with trio.move_on_after(self._health_timeout) as check:
                         await trio_asyncio.aio_as_trio(conn.fetchval)("SELECT 1")
                     if check.cancelled_caught:
-                        raise ConnectionResetError("LISTEN connection did not answer a health check within 5s")
+                        raise ConnectionResetError(
+                            f"LISTEN connection did not answer a health check within {self._health_timeout:g}s"
+                        )
             raise ConnectionResetError("LISTEN connection closed")
         finally:
             self.connected = False

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import trio
 
 from jobbuf import ConfigError, DatabaseUnavailableError, SchemaError, open_postgres_source
-from jobbuf.testing.plugin import fresh_schema_name
+from jobbuf.testing.plugin import drop_schema, fresh_schema_name
+from pg_helpers import _run_sql
 
 UNREACHABLE = "postgresql://postgres:hunter2@127.0.0.1:1/test"
 
@@ -51,6 +56,21 @@ async def test_missing_schema_is_a_schema_error_naming_the_fix(jobbuf_dsn: str) 
     assert "jobbuf migrate" in str(info.value) and "migrate=True" in str(info.value)
 
 
+async def test_missing_schema_hint_never_shows_a_redacted_dsn(jobbuf_dsn: str) -> None:
+    # A hint with "postgres:***@" would not work if copied: a placeholder is named instead.
+    url = urlsplit(jobbuf_dsn)
+    if url.password is not None or url.username is None or url.query:
+        pytest.skip("needs a URL DSN without a password (the local trust-auth server)")
+    with_password = urlunsplit(url._replace(netloc=url.netloc.replace(url.username, f"{url.username}:hunter2", 1)))
+    schema = fresh_schema_name()
+    with trio.fail_after(15), pytest.raises(SchemaError) as info:
+        async with open_postgres_source(with_password, schema=schema):
+            pass
+    message = str(info.value)
+    assert f"jobbuf migrate --dsn <your DSN> --schema {schema}" in message
+    assert "hunter2" not in message
+
+
 @pytest.mark.parametrize("schema", ["", "1abc", "a-b", 'x"; DROP TABLE y; --', "a" * 49])
 async def test_bad_schema_name_is_a_config_error(jobbuf_dsn: str, schema: str) -> None:
     with trio.fail_after(10), pytest.raises(ConfigError, match="schema"):
@@ -83,59 +103,57 @@ def test_cli_errors_are_one_line_exit_2(jobbuf_dsn: str, argv: list[str], expect
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
 
 
-def test_cli_migrate_enqueue_status_roundtrip(jobbuf_dsn: str) -> None:
-    from jobbuf.testing.plugin import drop_schema
+@dataclass
+class Cli:
+    """``jobbuf --schema SCHEMA ARGS...`` run as a subprocess against the test DSN."""
 
-    schema = fresh_schema_name()
-    env = {"JOBBUF_DSN": jobbuf_dsn}
+    dsn: str
+    schema: str
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return _cli("jobbuf", "--schema", self.schema, *args, env={"JOBBUF_DSN": self.dsn})
+
+
+@pytest.fixture
+def jobbuf_cli(jobbuf_dsn: str) -> Iterator[Cli]:
+    """The CLI on a fresh schema, dropped after the test."""
+    cli = Cli(jobbuf_dsn, fresh_schema_name())
     try:
-        first = _cli("jobbuf", "--schema", schema, "migrate", env=env)
-        assert first.returncode == 0 and "applied migration(s) [1]" in first.stdout
-        again = _cli("jobbuf", "--schema", schema, "migrate", env=env)
-        assert again.returncode == 0 and "already up to date" in again.stdout
-        enq = _cli("jobbuf", "--schema", schema, "enqueue", "mail", '{"to": "x"}', "--count", "3", env=env)
-        assert enq.returncode == 0 and "enqueued 3 job(s)" in enq.stdout
-        status = _cli("jobbuf", "--schema", schema, "status", "--json", env=env)
-        assert status.returncode == 0
-        import json
-
-        (queue,) = json.loads(status.stdout)["queues"]
-        assert (queue["queue"], queue["pending"], queue["claimed"]) == ("mail", 3, 0)
+        yield cli
     finally:
-        drop_schema(jobbuf_dsn, schema)
+        drop_schema(jobbuf_dsn, cli.schema)
 
 
-def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str) -> None:
-    from jobbuf.testing.plugin import drop_schema
-
-    schema = fresh_schema_name()
-    env = {"JOBBUF_DSN": jobbuf_dsn}
-    try:
-        assert _cli("jobbuf", "--schema", schema, "migrate", env=env).returncode == 0
-        assert _cli("jobbuf", "--schema", schema, "enqueue", "mail", "{}", "--count", "2", env=env).returncode == 0
-        from pg_helpers import _run_sql
-
-        _run_sql(jobbuf_dsn, f"UPDATE \"{schema}\".jobs SET status = 'dead', attempts = 3, last_error = 'x'", ())
-        out = _cli("jobbuf", "--schema", schema, "requeue", "mail", "--dead", env=env)
-        assert out.returncode == 0 and "requeued 2 dead job(s)" in out.stdout
-        rows = _run_sql(jobbuf_dsn, f'SELECT status, attempts FROM "{schema}".jobs', ())
-        assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
-        missing_flag = _cli("jobbuf", "--schema", schema, "requeue", "mail", env=env)
-        assert missing_flag.returncode == 2  # argparse: --dead is required
-    finally:
-        drop_schema(jobbuf_dsn, schema)
+def test_cli_migrate_enqueue_status_roundtrip(jobbuf_cli: Cli) -> None:
+    first = jobbuf_cli("migrate")
+    assert first.returncode == 0 and "applied migration(s) [1]" in first.stdout
+    again = jobbuf_cli("migrate")
+    assert again.returncode == 0 and "already up to date" in again.stdout
+    enq = jobbuf_cli("enqueue", "mail", '{"to": "x"}', "--count", "3")
+    assert enq.returncode == 0 and "enqueued 3 job(s)" in enq.stdout
+    status = jobbuf_cli("status", "--json")
+    assert status.returncode == 0
+    (queue,) = json.loads(status.stdout)["queues"]
+    assert (queue["queue"], queue["pending"], queue["claimed"]) == ("mail", 3, 0)
 
 
-def test_cli_enqueue_of_many_jobs_reports_progress(jobbuf_dsn: str) -> None:
-    from jobbuf.testing.plugin import drop_schema
+def test_cli_requeue_puts_dead_jobs_back(
+    jobbuf_dsn: str, jobbuf_cli: Cli
+) -> None:
+    schema = jobbuf_cli.schema
+    assert jobbuf_cli("migrate").returncode == 0
+    assert jobbuf_cli("enqueue", "mail", "{}", "--count", "2").returncode == 0
+    _run_sql(jobbuf_dsn, f"UPDATE \"{schema}\".jobs SET status = 'dead', attempts = 3, last_error = 'x'", ())
+    out = jobbuf_cli("requeue", "mail", "--dead")
+    assert out.returncode == 0 and "requeued 2 dead job(s)" in out.stdout
+    rows = _run_sql(jobbuf_dsn, f'SELECT status, attempts FROM "{schema}".jobs', ())
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
+    assert jobbuf_cli("requeue", "mail").returncode == 2  # argparse: --dead is required
 
-    schema = fresh_schema_name()
-    env = {"JOBBUF_DSN": jobbuf_dsn}
-    try:
-        assert _cli("jobbuf", "--schema", schema, "migrate", env=env).returncode == 0
-        out = _cli("jobbuf", "--schema", schema, "enqueue", "bulk", "{}", "--count", "12345", env=env)
-        assert out.returncode == 0, out.stderr
-        assert out.stderr.splitlines() == ["jobbuf: enqueued 10000/12345", "jobbuf: enqueued 12345/12345"]
-        assert "enqueued 12345 job(s) on 'bulk'" in out.stdout
-    finally:
-        drop_schema(jobbuf_dsn, schema)
+
+def test_cli_enqueue_of_many_jobs_reports_progress(jobbuf_cli: Cli) -> None:
+    assert jobbuf_cli("migrate").returncode == 0
+    out = jobbuf_cli("enqueue", "bulk", "{}", "--count", "12345")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ["jobbuf: enqueued 10000/12345", "jobbuf: enqueued 12345/12345"]
+    assert "enqueued 12345 job(s) on 'bulk'" in out.stdout

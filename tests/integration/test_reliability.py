@@ -15,7 +15,8 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -385,12 +386,17 @@ async def test_always_failing_job_ends_dead_after_max_attempts_with_its_error(pg
     assert buf.stats().failed == 3
 
 
-async def test_malformed_payload_is_quarantined_while_other_jobs_flow(pg: Pg) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    ["{not json", "[" * 100_000 + "]" * 100_000],  # malformed; nested too deep to decode (RecursionError)
+    ids=["malformed", "too-deep"],
+)
+async def test_malformed_payload_is_quarantined_while_other_jobs_flow(pg: Pg, payload: str) -> None:
     source, dsn = pg
     with trio.fail_after(20):
         before = await source.enqueue_many("default", [1, 2, 3])
         insert = f"INSERT INTO \"{source.schema}\".jobs (queue, payload) VALUES ('default', $1) RETURNING id"
-        rows = await sql(dsn, insert, "{not json")
+        rows = await sql(dsn, insert, payload)
         poison = rows[0][0]
         after = await source.enqueue_many("default", [4, 5, 6])
         done: list[int] = []
@@ -418,6 +424,8 @@ class CuttableProxy:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.scope = trio.CancelScope()
+        self.frozen = False
+        """While set, bytes are read and held, never forwarded: a silent network loss."""
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -435,14 +443,31 @@ class CuttableProxy:
             nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
             nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
 
-    @staticmethod
-    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
         try:
             while data := await src.receive_some(65536):
+                while self.frozen:
+                    await trio.sleep(0.02)
                 await dst.send_all(data)
         except trio.BrokenResourceError:
             pass
         scope.cancel()
+
+
+@asynccontextmanager
+async def through_proxy(pg: Pg, **options: Any) -> AsyncIterator[tuple[CuttableProxy, PostgresJobSource]]:
+    """A second source on the test's schema, connected through a :class:`CuttableProxy`."""
+    source, dsn = pg
+    url = urlsplit(dsn)
+    if url.hostname is None or url.port is None or url.query:
+        pytest.skip("needs a TCP DSN with host and port")
+    async with trio.open_nursery() as nursery:
+        proxy = CuttableProxy(url.hostname, url.port)
+        port = await nursery.start(proxy.run)
+        proxied = urlunsplit(url._replace(netloc=url.netloc.replace(f":{url.port}", f":{port}")))
+        async with open_postgres_source(proxied, schema=source.schema, **options) as cut_off:
+            yield proxy, cut_off
+        nursery.cancel_scope.cancel()
 
 
 async def test_shutdown_while_database_unreachable_raises_one_error_naming_unreleased_jobs(pg: Pg) -> None:
@@ -456,29 +481,21 @@ async def test_job_whose_ack_failed_for_want_of_database_is_named_at_shutdown(pg
 
 
 async def _shutdown_while_unreachable(pg: Pg, *, ack_during_outage: bool) -> None:
-    source, dsn = pg
-    url = urlsplit(dsn)
-    if url.hostname is None or url.port is None or url.query:
-        pytest.skip("needs a TCP DSN with host and port")
+    source, _ = pg
     with trio.fail_after(40):
-        async with trio.open_nursery() as nursery:
-            proxy = CuttableProxy(url.hostname, url.port)
-            port = await nursery.start(proxy.run)
-            proxied = urlunsplit(url._replace(netloc=url.netloc.replace(f":{url.port}", f":{port}")))
-            ids = await source.enqueue_many("default", list(range(5)))
-            cfg = BufferConfig(capacity=5, low_water=1, lease=2, poll_interval=0.2, shutdown_timeout=1.5)
-            async with open_postgres_source(proxied, schema=source.schema, retry_timeout=1.0) as cut_off:
-                with pytest.raises(DatabaseUnavailableError) as info:
-                    async with open_job_buffer(cut_off, "w", cfg) as buf:
-                        await wait_until(lambda: buf.depth == 5)
-                        taken = [await buf.take_job(0), await buf.take_job(0)]
-                        assert None not in taken
-                        proxy.cut()
-                        instance = buf.instance
-                        if ack_during_outage:  # retried for retry_timeout, then given up
-                            with pytest.raises(DatabaseUnavailableError):
-                                await buf.complete(taken[0])  # type: ignore[arg-type]
-            nursery.cancel_scope.cancel()
+        ids = await source.enqueue_many("default", list(range(5)))
+        cfg = BufferConfig(capacity=5, low_water=1, lease=2, poll_interval=0.2, shutdown_timeout=1.5)
+        async with through_proxy(pg, retry_timeout=1.0) as (proxy, cut_off):
+            with pytest.raises(DatabaseUnavailableError) as info:
+                async with open_job_buffer(cut_off, "w", cfg) as buf:
+                    await wait_until(lambda: buf.depth == 5)
+                    taken = [await buf.take_job(0), await buf.take_job(0)]
+                    assert None not in taken
+                    proxy.cut()
+                    instance = buf.instance
+                    if ack_during_outage:  # retried for retry_timeout, then given up
+                        with pytest.raises(DatabaseUnavailableError):
+                            await buf.complete(taken[0])  # type: ignore[arg-type]
     message = str(info.value)
     # Named: the buffered jobs, those in flight, and one whose ack was never confirmed.
     assert f"could not release jobs {sorted(ids)}" in message, message
@@ -497,22 +514,57 @@ async def _shutdown_while_unreachable(pg: Pg, *, ack_during_outage: bool) -> Non
 
 
 async def test_enqueue_while_database_unreachable_retries_then_raises(pg: Pg) -> None:
-    source, dsn = pg
-    url = urlsplit(dsn)
-    if url.hostname is None or url.port is None or url.query:
-        pytest.skip("needs a TCP DSN with host and port")
+    source, _ = pg
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            proxy = CuttableProxy(url.hostname, url.port)
-            port = await nursery.start(proxy.run)
-            proxied = urlunsplit(url._replace(netloc=url.netloc.replace(f":{url.port}", f":{port}")))
-            async with open_postgres_source(proxied, schema=source.schema, retry_timeout=1.0) as cut_off:
-                await cut_off.enqueue("default", {"before": True})
-                proxy.cut()
-                start = trio.current_time()
-                with pytest.raises(DatabaseUnavailableError, match="database unavailable"):
-                    await cut_off.enqueue("default", {"during": True})
-                assert 0.9 <= trio.current_time() - start < 5  # retried for retry_timeout, then gave up
-            nursery.cancel_scope.cancel()
+        async with through_proxy(pg, retry_timeout=1.0) as (proxy, cut_off):
+            await cut_off.enqueue("default", {"before": True})
+            proxy.cut()
+            start = trio.current_time()
+            with pytest.raises(DatabaseUnavailableError, match="database unavailable"):
+                await cut_off.enqueue("default", {"during": True})
+            assert 0.9 <= trio.current_time() - start < 5  # retried for retry_timeout, then gave up
     # nothing half-written: only the job enqueued before the cut exists
     assert [s.queue for s in await source.job_states()] == ["default"]
+
+
+async def test_blackholed_server_cannot_block_an_enqueue_past_operation_timeout(pg: Pg) -> None:
+    # Regression: with the server silent (bytes go nowhere, no error), retry_timeout alone
+    # never ended the wait: an enqueue blocked forever.
+    with trio.fail_after(20):
+        async with through_proxy(pg, retry_timeout=0.5, operation_timeout=0.5) as (proxy, cut_off):
+            await cut_off.enqueue("default", {"before": True})
+            proxy.frozen = True
+            start = trio.current_time()
+            with pytest.raises(DatabaseUnavailableError, match=r"no answer within 0\.5s"):
+                await cut_off.enqueue("default", {"during": True})
+            assert trio.current_time() - start < 5
+            proxy.frozen = False
+
+
+async def test_silent_listen_connection_is_replaced_not_fatal(pg: Pg) -> None:
+    # Regression: the health check's timeout escaped Listener.run and killed the source.
+    with trio.fail_after(40):
+        async with through_proxy(pg) as (proxy, cut_off):
+            listener = cut_off.listener
+            listener._health_interval, listener._health_timeout = 0.2, 0.3  # from the next check on
+            await wait_until(lambda: listener.connected)
+            proxy.frozen = True
+            # the check already waiting uses the default 10 s interval
+            await wait_until(lambda: listener.errors >= 1 and "health check" in (listener.last_error or ""), 20)
+            proxy.frozen = False
+            await wait_until(lambda: listener.connected)
+            await cut_off.enqueue("default", {"after": True})  # the source is still open and usable
+
+
+async def test_listener_backs_off_while_the_server_is_down(pg: Pg) -> None:
+    # Regression: the backoff was reset after every failed attempt (about 10 tries a second).
+    with trio.fail_after(30):
+        async with through_proxy(pg) as (proxy, cut_off):
+            listener = cut_off.listener
+            await wait_until(lambda: listener.connected)
+            proxy.cut()
+            await wait_until(lambda: not listener.connected)
+            before = listener.reconnects
+            await trio.sleep(3)
+            # delays 0.1, 0.2, 0.4, 0.8, 1.6 s (+-50%): at most about 6 tries in 3 s
+            assert 2 <= listener.reconnects - before <= 7

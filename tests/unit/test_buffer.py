@@ -390,3 +390,11 @@ async def test_cancelled_stop_still_releases_the_buffered_jobs(autojump_clock: t
         assert buf.depth == 0 and await buf.stop() == []
         # ...so they went back even with release=False
         assert {s.status for s in await source.job_states()} == {"pending"}
+
+
+async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_job_buffer(MemoryJobSource(), "w", BufferConfig(poll_interval=1000)) as buf:
+        good = Job(id=1, queue="default", payload=None)
+        with pytest.raises(TypeError, match="Job objects"):
+            buf.offer_jobs([good, {"id": 2}])  # type: ignore[list-item]
+        assert (buf.depth, buf.stats().offered) == (0, 0)
