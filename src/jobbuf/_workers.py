@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,8 @@ __all__ = ["run_workers"]
 log = logging.getLogger("jobbuf.workers")
 ACK_BACKLOG = 1000
 """Queued acks beyond which a worker waits for a flush before taking its next job."""
+BURST = 0.0005
+"""Seconds a worker may go on taking buffered jobs without a scheduling point (see ``_worker``)."""
 Handler = Callable[[Job], Awaitable[Any]]
 
 
@@ -30,6 +33,8 @@ async def run_workers(
     seconds) fails it, which schedules a retry with backoff or makes it dead. Runs until
     cancelled, or until the buffer is stopped and drained.
 
+    While jobs are buffered, a worker runs them back to back for up to ``BURST`` seconds
+    between scheduling points, so handlers that never await still let other tasks run.
     A worker does not wait for its ack to commit before taking the next job: acks are
     queued and group-committed by a pump task (the job stays in flight, its lease
     extended, until then), and ``run_workers`` returns or propagates cancellation only
@@ -63,13 +68,24 @@ async def run_workers(
 
 
 async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -> None:
-    while True:
-        try:
+    # After each take_job (a checkpoint), a worker goes on with jobs already buffered for
+    # up to BURST seconds without a scheduling point: a task switch per job costs more
+    # than a no-op job. It cannot strand a job: from the pop to the handler nothing can
+    # raise Cancelled, and a handler cancelled at its first await releases its job. Other
+    # tasks wait at most BURST (plus one handler's run) for the CPU; a handler that awaits
+    # I/O yields anyway.
+    pop, clock = buf._pop, time.perf_counter
+    try:
+        while True:
             job = await buf.take_job()
-        except BufferClosedError:
-            return
-        if job is not None:
+            if job is None:
+                continue
             await _run_one(buf, handler, job, job_timeout)
+            until = clock() + BURST
+            while clock() < until and (job := pop()) is not None:
+                await _run_one(buf, handler, job, job_timeout)
+    except BufferClosedError:
+        return
 
 
 async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None) -> None:

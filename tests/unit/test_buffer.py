@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -194,6 +197,51 @@ async def test_run_workers_cancellation_releases_running_jobs(autojump_clock: tr
             await run_workers(buf, forever, concurrency=3)
         assert buf.stats().released == 3
     assert all(s.status == "pending" and s.attempts == 0 for s in await source.job_states())
+
+
+async def test_run_workers_yields_to_other_tasks_between_bursts(autojump_clock: trio.testing.MockClock) -> None:
+    # A worker runs buffered jobs back to back without a scheduling point, but only for
+    # BURST seconds: a handler that never awaits must not starve the rest of the program.
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(200)))
+    done = 0
+
+    async def busy(job: Job) -> None:  # CPU work, never awaits
+        nonlocal done
+        until = time.perf_counter() + 0.0002
+        while time.perf_counter() < until:
+            pass
+        done += 1
+
+    others = 0
+    async with open_job_buffer(source, "w", BufferConfig(capacity=200, low_water=1)) as buf:
+        await trio.sleep(0.1)  # filled
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_workers, buf, busy, concurrency=1))
+            while done < 200:
+                others += 1
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    # 200 jobs of 0.2 ms in bursts of 0.5 ms: about 80 turns for the other task.
+    assert others >= 20
+
+
+async def test_run_workers_cancelled_mid_burst_strands_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    ids = await source.enqueue_many("default", list(range(300)))
+    completed: list[int] = []
+
+    async def handler(job: Job) -> None:
+        await trio.sleep(0.001 * (job.payload % 3))  # some jobs reach a checkpoint, some do not
+        completed.append(job.id)
+
+    async with open_job_buffer(source, "w", BufferConfig(capacity=100, low_water=50)) as buf:
+        with trio.move_on_after(0.05):
+            await run_workers(buf, handler, concurrency=5)
+    states = {s.id: s for s in await source.job_states()}
+    assert completed and len(completed) < len(ids)
+    assert all(i not in states for i in completed)  # completed rows are deleted
+    assert all(states[i].status == "pending" and states[i].attempts == 0 for i in set(ids) - set(completed))
 
 
 async def test_job_timeout_fails_the_job(autojump_clock: trio.testing.MockClock) -> None:
