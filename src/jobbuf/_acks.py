@@ -118,8 +118,13 @@ class AckBatcher:
 
     def submit_nowait(self, ack: Ack, on_acked: OnAcked) -> None:
         """Queue ``ack`` for the next flush led by :meth:`pump` (or a waiting caller)."""
-        self._queue.append(_Item(ack, on_acked))
-        if self._may_flush():
+        queue = self._queue
+        queue.append(_Item(ack, on_acked))
+        # Signal only when this ack makes a flush possible; past that point the pump is
+        # already awake (or a flush ending will signal), and a signal per ack would cost
+        # an Event per ack.
+        n = len(queue)
+        if (n == 1 and self._in_flight == 0) or (n == self._pipeline_batch and self._in_flight < self._max_flushes):
             self._signal()
 
     async def pump(self) -> None:
