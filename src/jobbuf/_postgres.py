@@ -24,7 +24,7 @@ from jobbuf_monitor.embedded import redact_dsn
 from ._config import check_identifier
 from ._connections import Connections
 from ._errors import DatabaseUnavailableError, SchemaError
-from ._job import Claim, Job
+from ._job import Claim, Job, claimed_job
 from ._listener import Listener
 from ._source import (
     Ack,
@@ -34,6 +34,7 @@ from ._source import (
     QueueCounts,
     WorkerInfo,
     check_enqueue,
+    decode_payload,
     encode_payload,
 )
 from ._sql import MIGRATIONS, SCHEMA_VERSION, Statements
@@ -373,14 +374,11 @@ def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
             out.dead += 1
             continue
         try:
-            payload = json.loads(row[2])
+            payload = decode_payload(row[2])
         except (ValueError, RecursionError) as exc:
             out.poison.append((row[0], claim.owner, claim.token, f"payload is not JSON: {exc}"))
             continue
-        out.jobs.append(
-            Job(id=row[0], queue=row[1], payload=payload, priority=row[3], attempts=row[4], max_attempts=row[5],
-                run_at=row[6], created_at=row[7], claim=claim)
-        )  # fmt: skip
+        out.jobs.append(claimed_job(row[0], row[1], payload, row[3], row[4], row[5], row[6], row[7], claim))
     return out
 
 
