@@ -95,8 +95,11 @@ class AckBatcher:
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
-    async def submit(self, ack: Ack) -> AckOutcome:
-        """Apply ``ack`` durably, batched with concurrent callers; return its outcome."""
+    async def submit(self, ack: Ack, on_abandoned: OnAcked | None = None) -> AckOutcome:
+        """Apply ``ack`` durably, batched with concurrent callers; return its outcome.
+
+        If the caller is cancelled after its ack joined a flush, the flush goes on without
+        it and ``on_abandoned`` reports the ack's fate when it ends (as for ``submit_nowait``)."""
         item = _Item(ack)
         self._queue.append(item)
         try:
@@ -110,6 +113,11 @@ class AckBatcher:
         except BaseException:
             if item.flushed is None:  # never reached a flush: withdraw it
                 self._queue.remove(item)
+            elif on_abandoned is not None:
+                if item.outcome is None and item.error is None:
+                    item.on_acked = on_abandoned  # the flush reports it when it ends
+                else:  # it ended between our cancellation and now
+                    _report(on_abandoned, item)
             raise
         if item.error is not None:
             raise item.error
@@ -179,7 +187,11 @@ class AckBatcher:
             self._signal()
             for item in batch:
                 if item.on_acked is not None:
-                    try:
-                        item.on_acked(item.ack, item.outcome, item.error)
-                    except Exception:
-                        log.exception("jobbuf: ack callback failed")
+                    _report(item.on_acked, item)
+
+
+def _report(on_acked: OnAcked, item: _Item) -> None:
+    try:
+        on_acked(item.ack, item.outcome, item.error)
+    except Exception:
+        log.exception("jobbuf: ack callback failed")

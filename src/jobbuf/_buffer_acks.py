@@ -82,7 +82,8 @@ class AckMethods:
             outcome: AckOutcome = "done" if ack.error is None else "retry"
         else:
             try:
-                outcome = await self._acks.submit(ack)
+                # Cancelled after the ack joined a flush, the flush still settles it.
+                outcome = await self._acks.submit(ack, self._acked)
             except DatabaseUnavailableError as exc:
                 self._settle(job, None, exc)
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import partial
 
 import pytest
@@ -10,6 +11,8 @@ import trio
 import trio.testing
 
 from jobbuf import (
+    Ack,
+    AckOutcome,
     BufferAlreadyRunningError,
     BufferClosedError,
     BufferConfig,
@@ -256,6 +259,32 @@ async def test_job_timeout_fails_the_job(autojump_clock: trio.testing.MockClock)
             await run_workers(buf, slow, concurrency=1, job_timeout=10)
     (state,) = await source.job_states([job_id])
     assert state.status == "pending" and "timed out after 10s" in (state.last_error or "")
+
+
+class SlowAckSource(MemoryJobSource):
+    async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
+        await trio.sleep(1)
+        return await super().ack(acks, default_max_attempts=default_max_attempts)
+
+
+async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: a complete() cancelled while another caller's flush carried its ack was
+    # applied in the database but never counted in stats.
+    source = SlowAckSource()
+    await source.enqueue_many("default", list(range(33)))
+    async with open_job_buffer(source, "w") as buf:
+        jobs = [await buf.take_job() for _ in range(33)]
+        assert all(jobs)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(buf.complete, jobs[0])  # leads a flush, t = 0..1
+            await trio.sleep(0.1)
+            for job in jobs[1:32]:  # queue behind it; the 32nd ack queued leads a second flush
+                nursery.start_soon(buf.complete, job)
+            with trio.move_on_after(0.5):
+                await buf.complete(jobs[32])  # queued first: a follower in that flush, cancelled in it
+            assert buf.stats().completed == 0
+        assert buf.stats().completed == 33 and buf.stats().in_flight == 0
+    assert await source.job_states() == []
 
 
 async def test_ack_after_lease_lost_raises(autojump_clock: trio.testing.MockClock) -> None:
