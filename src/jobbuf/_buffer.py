@@ -368,9 +368,11 @@ class JobBuffer(AckMethods):
             self._discard(entries.popleft()[0])
 
     def _next_expiry(self) -> float:
-        """Seconds until the oldest entry goes stale (inf when empty)."""
+        """Seconds until the oldest entry goes stale. When empty: the soonest an entry
+        arriving from now on (a claim in flight landing, an offer) could go stale, so the
+        poller, which reads this before it sleeps, wakes in time to sweep it."""
         if not self._entries:
-            return math.inf
+            return min(self.config.ttl, 0.8 * self.config.lease)
         entered = self._entries[0][1]
         stale_at = min(entered + self.config.ttl, max(entered, self._leases_extended_at) + 0.8 * self.config.lease)
         return max(0.0, stale_at - trio.current_time()) + 1e-3

@@ -111,6 +111,17 @@ async def test_claim_errors_are_counted_and_retried(autojump_clock: trio.testing
         assert stats.poll_errors == 3 and "down" in (stats.last_error or "")
 
 
+async def test_entries_offered_to_an_idle_buffer_are_swept_on_time(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: the poller of an empty buffer slept a whole poll_interval, so entries that
+    # arrived meanwhile (an offer, a claim that landed later) outlived their TTL.
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000, ttl=1)) as buf:
+        await trio.sleep(5)  # idle: the poller is asleep
+        buf.offer_jobs([Job(id=-i, queue="default", payload=None) for i in range(1, 4)])
+        await trio.sleep(2.1)
+        assert buf.stats().discarded == 3 and buf.depth == 0
+
+
 async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClock) -> None:
     source = MemoryJobSource()
     async with open_job_buffer(source, "w") as buf:
