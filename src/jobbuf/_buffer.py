@@ -51,7 +51,8 @@ class JobBuffer(AckMethods):
     Start it with ``await nursery.start(buf.run)`` or, usually, ``async with
     open_job_buffer(...)``. Stop is cancellation. Guarantees:
 
-    - depth never exceeds ``capacity``; the poller claims only while depth < ``low_water``;
+    - depth never exceeds ``capacity``; the poller claims only while depth (plus the rows
+      of claims in flight) < ``low_water``, ``batch_size`` rows per claim statement;
     - ``take_job`` is cancellation-atomic: cancelled, it either returned a job or left it
       buffered;
     - nothing is stranded: entries discarded by TTL, returned by ``stop()``, or still held
@@ -84,6 +85,7 @@ class JobBuffer(AckMethods):
         self._acks = AckBatcher(source, self.config.max_attempts, self.config.shutdown_timeout)
         self._worker: WorkerInfo | None = None
         self._leases_extended_at = -math.inf  # trio time of the last successful extension
+        self._claiming = 0  # rows asked for by claims in flight
 
     # -- the contract's read-only view ---------------------------------------------------
     @property
@@ -309,24 +311,33 @@ class JobBuffer(AckMethods):
 
     # -- used by the poller and shutdown -------------------------------------------------
 
-    def _want_claim(self) -> bool:
-        return len(self._entries) < self.config.low_water and self._free() > 0
+    def _claim_limit(self) -> int:
+        """Rows the next claim may ask for: 0 unless depth plus the rows of claims in
+        flight is below ``low_water``; then up to ``batch_size``, within the capacity not
+        yet taken or promised to a claim in flight. Beside claims in flight, only a full
+        ``batch_size``: so the default (``batch_size == capacity``) claims one at a time."""
+        depth = len(self._entries) + self._claiming
+        if depth >= self.config.low_water:
+            return 0
+        limit = min(self.config.claim_size, self.config.capacity - depth)
+        return limit if self._claiming == 0 or limit == self.config.claim_size else 0
 
     def _free(self) -> int:
         return self.config.capacity - len(self._entries)
 
-    async def _claim_once(self) -> bool:
-        """Claim one batch; return whether it came back full (more may be ready)."""
-        limit = min(self.config.claim_size, self._free())
+    async def _claim_once(self, limit: int) -> bool:
+        """Claim up to ``limit`` rows into the buffer; return whether it came back full."""
         # Shielded (with a deadline): a claim cancelled mid-statement could still commit on
         # the server after the exit's release-by-owner ran, leaving rows claimed by a gone
         # instance until their lease expires. Letting it finish puts them in the buffer,
         # where stop() and the exit release them.
-        with trio.CancelScope(shield=True, relative_deadline=self.config.shutdown_timeout):
+        with trio.CancelScope(shield=True, relative_deadline=self.config.shutdown_timeout) as scope:
             result = await self._source.claim(
                 owner=self._instance, worker_id=self._worker_id, queues=self.config.queues, limit=limit,
                 lease=self.config.lease, default_max_attempts=self.config.max_attempts,
             )  # fmt: skip
+        if scope.cancelled_caught:
+            raise TimeoutError(f"claim not answered within shutdown_timeout ({self.config.shutdown_timeout:g}s)")
         c = self._counters
         c.polls += 1
         c.dead += result.dead + result.quarantined

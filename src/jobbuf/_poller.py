@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import TYPE_CHECKING
 
@@ -21,32 +22,65 @@ def _jitter(seconds: float, spread: float = 0.1) -> float:
     return seconds * random.uniform(1 - spread, 1 + spread)
 
 
+MAX_CLAIMS = 4
+"""Most claim statements of one buffer in flight at once."""
+
+
 async def poll_loop(buf: JobBuffer) -> None:
     """Refill the buffer until stopped or cancelled.
 
-    Each round: release TTL-discarded entries, sweep stale ones, and while depth <
-    low_water claim up to ``min(batch_size, free capacity)`` rows. Then sleep until woken
-    (NOTIFY, a take crossing the low-water mark, a discard, stop) or until the jittered
-    ``poll_interval`` or the next TTL expiry passes. Errors are counted in stats, logged,
-    and retried with exponential backoff and jitter; they never end the loop.
+    Each round: release TTL-discarded entries, sweep stale ones, and start claims while
+    depth plus the rows of claims in flight is below ``low_water`` (each asks for up to
+    ``batch_size`` rows of the capacity not yet promised; at most ``MAX_CLAIMS`` at once).
+    With the default ``batch_size == capacity`` that is one claim at a time; a smaller
+    ``batch_size`` pipelines claims, so the database runs the next while this process
+    decodes the last (each claim's rows are handed out in claim order, but the rows of
+    concurrent claims may interleave, as between two buffers). Then sleep until woken
+    (NOTIFY, a take crossing the low-water mark, a claim that came back full, a discard,
+    stop) or until the jittered ``poll_interval`` or the next TTL expiry passes. Errors are
+    counted in stats, logged, and retried with exponential backoff and jitter; they never
+    end the loop. Stopped, it waits for its claims in flight to land.
     """
-    failures = 0
-    while not buf._stopping:
-        buf._wake = wake = trio.Event()  # reset first: a wake during the round is kept
+    failures = in_flight = 0
+    retry_at = -math.inf
+
+    def failed(exc: Exception) -> None:
+        nonlocal failures, retry_at
+        failures += 1
+        buf._record_error("poll", exc)
+        retry_at = trio.current_time() + _jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)), 0.5)
+        buf._wake.set()  # the loop's next wait ends at retry_at
+
+    async def claim(limit: int) -> None:
+        nonlocal failures, in_flight
         try:
-            await buf._release_discarded()
-            buf._sweep_stale()
-            while not buf._stopping and buf._want_claim():
-                if not await buf._claim_once():
-                    break
+            full = await buf._claim_once(limit)
             failures = 0
+            if full:
+                buf._wake.set()  # more may be ready
         except Exception as exc:
-            failures += 1
-            buf._record_error("poll", exc)
-            await trio.sleep(_jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)), 0.5))
-            continue
-        with trio.move_on_after(min(_jitter(buf.config.poll_interval), buf._next_expiry())):
-            await wake.wait()
+            failed(exc)
+        finally:
+            buf._claiming -= limit
+            in_flight -= 1
+
+    async with trio.open_nursery() as claims:
+        while not buf._stopping:
+            buf._wake = wake = trio.Event()  # reset first: a wake during the round is kept
+            if trio.current_time() >= retry_at:
+                try:
+                    await buf._release_discarded()
+                    buf._sweep_stale()
+                    while not buf._stopping and in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
+                        buf._claiming += limit
+                        in_flight += 1
+                        claims.start_soon(claim, limit)
+                except Exception as exc:
+                    failed(exc)
+            now = trio.current_time()
+            wait = min(_jitter(buf.config.poll_interval), buf._next_expiry())
+            with trio.move_on_after(min(wait, retry_at - now) if retry_at > now else wait):
+                await wake.wait()
 
 
 async def heartbeat_loop(buf: JobBuffer) -> None:

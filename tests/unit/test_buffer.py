@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -16,6 +17,7 @@ from jobbuf import (
     BufferAlreadyRunningError,
     BufferClosedError,
     BufferConfig,
+    ClaimResult,
     ConfigError,
     DatabaseUnavailableError,
     Job,
@@ -109,6 +111,50 @@ async def test_claim_errors_are_counted_and_retried(autojump_clock: trio.testing
         assert job is not None
         stats = buf.stats()
         assert stats.poll_errors == 3 and "down" in (stats.last_error or "")
+
+
+class SlowClaimSource(MemoryJobSource):
+    """Each claim answers after a delay taken from ``delays`` (the later ones faster)."""
+
+    def __init__(self, delays: list[float]) -> None:
+        super().__init__()
+        self.delays = delays
+        self.in_flight = self.most_in_flight = 0
+
+    async def claim(self, **kwargs: Any) -> ClaimResult:
+        delay = self.delays.pop(0) if self.delays else 0.0
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            result = await super().claim(**kwargs)  # takes its rows now, answers after the delay
+            await trio.sleep(delay)
+            return result
+        finally:
+            self.in_flight -= 1
+
+
+async def test_small_batches_pipeline_claims(autojump_clock: trio.testing.MockClock) -> None:
+    # batch_size 25 under low_water 100: four claims in flight at once, each handing out
+    # its rows in claim order.
+    source = SlowClaimSource(delays=[4, 3, 2, 1])
+    ids = await source.enqueue_many("default", list(range(100)))
+    config = BufferConfig(capacity=100, low_water=100, batch_size=25, poll_interval=1000)
+    async with open_job_buffer(source, "w", config) as buf:
+        await trio.sleep(5)
+        assert source.most_in_flight == 4 and buf.depth == 100 and buf.stats().polls == 4
+        taken = [job.id for job in [await buf.take_job() for _ in range(100)] if job is not None]
+    assert sorted(taken) == ids
+    runs = [taken[i : i + 25] for i in range(0, 100, 25)]
+    assert all(run == sorted(run) for run in runs)
+
+
+async def test_default_batch_size_claims_one_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
+    source = SlowClaimSource(delays=[1] * 10)
+    await source.enqueue_many("default", list(range(300)))
+    async with open_job_buffer(source, "w", BufferConfig(capacity=100, low_water=100)) as buf:
+        for _ in range(300):
+            assert await buf.take_job() is not None
+    assert source.most_in_flight == 1
 
 
 async def test_entries_offered_to_an_idle_buffer_are_swept_on_time(autojump_clock: trio.testing.MockClock) -> None:
