@@ -5,7 +5,10 @@ Cases:
            ``conns`` concurrent loops, each on its own connection: one statement claims B
            rows (``UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED LIMIT B))
            RETURNING``), one statement acks them (``DELETE ... WHERE id = ANY($1)``).
-           params: schema, n, batch, conns
+           params: schema, n, batch, conns, sql ("raw", the default, or "jobbuf": the same
+           loops running jobbuf's own claim and claim-guarded ack statements, claims on a
+           synchronous_commit=off connection as jobbuf does: what jobbuf's SQL costs
+           without the library around it)
   latency  the LISTEN/NOTIFY + claim floor: one connection LISTENs, on each notify a
            worker runs the claim on a second connection; a producer inserts one row and
            NOTIFYs in one statement (jobbuf's enqueue SQL). Enqueue -> claim returned,
@@ -16,6 +19,7 @@ Cases:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -58,14 +62,16 @@ async def enqueue(conn: asyncpg.Connection, schema: str, n: int) -> None:
 
 async def _drain(p: dict[str, Any]) -> dict[str, Any]:
     schema, n, batch, conns = str(p["schema"]), int(p["n"]), int(p["batch"]), int(p.get("conns", 1))
+    sql = str(p.get("sql", "raw"))
     s = f'"{schema}"'
     setup = await asyncpg.connect(p["dsn"])
     await create_schema(setup, schema)
     await enqueue(setup, schema, n)
     pool = [await asyncpg.connect(p["dsn"]) for _ in range(conns)]
+    relaxed = [await asyncpg.connect(p["dsn"], server_settings={"synchronous_commit": "off"}) for _ in range(conns)]
     done = 0
 
-    async def loop(conn: asyncpg.Connection) -> None:
+    async def raw_loop(conn: asyncpg.Connection, _: asyncpg.Connection, __: int) -> None:
         nonlocal done
         claim, ack = await conn.prepare(claim_sql(s)), await conn.prepare(ack_sql(s))
         while True:
@@ -75,11 +81,25 @@ async def _drain(p: dict[str, Any]) -> dict[str, Any]:
             await ack.fetch([r[0] for r in rows])
             done += len(rows)
 
-    log(f"raw drain: n={n} batch={batch} conns={conns}")
+    async def jobbuf_sql_loop(conn: asyncpg.Connection, claim_conn: asyncpg.Connection, k: int) -> None:
+        nonlocal done
+        st = load_jobbuf_sql().Statements(schema)
+        claim, ack = await claim_conn.prepare(st.claim(single_queue=True)), await conn.prepare(st.ack(False))
+        owner = f"raw-{k}"
+        for token in itertools.count():
+            rows = await claim.fetch(["default"], batch, owner, "raw", token, 20, 30.0)
+            if not rows:
+                return
+            ids = [r[0] for r in rows]
+            await ack.fetch(ids, [owner] * len(ids), [token] * len(ids), [], [], [], [], [], 20)
+            done += len(rows)
+
+    log(f"raw drain: n={n} batch={batch} conns={conns} sql={sql}")
+    loop = jobbuf_sql_loop if sql == "jobbuf" else raw_loop
     t0 = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in pool))
+    await asyncio.gather(*(loop(c, r, k) for k, (c, r) in enumerate(zip(pool, relaxed, strict=True))))
     elapsed = time.perf_counter() - t0
-    for c in [*pool, setup]:
+    for c in [*pool, *relaxed, setup]:
         await c.close()
     assert done == n, (done, n)
     return {"jobs_per_s": n / elapsed, "seconds": elapsed, "n": n, "batch": batch, "conns": conns}

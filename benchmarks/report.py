@@ -53,7 +53,8 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
     peer_key, peer = _best(results, "peer")
     jb_key, jb = _best(results, "drain")
     jb_default = med(results, "drain:default", "jobs_per_s")
-    batch = int(jb_key.split("capacity=")[1].split(",")[0]) if "capacity=" in jb_key else 0
+    settings = dict(x.split("=") for x in _settings(jb_key).split(",")) if "=" in jb_key else {}
+    batch = int(settings.get("batch_size", settings.get("capacity", 0)))  # rows per claim
     raw_key = f"raw:batch={batch},conns=2"
     raw = med(results, raw_key, "jobs_per_s")
     raw50 = med(results, "raw:batch=50,conns=2", "jobs_per_s")
@@ -66,6 +67,10 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
     rows.append([f"drain, best config (jobs/s) [{_settings(jb_key)}]", _f(jb), _f(peer), _f(raw),
                  _f(_r(jb, peer), "x", 2), _f(_r(jb, raw), "x", 2), "≥2.0x peer; ≥0.5x ceiling",
                  f"{_verdict(ok_peer)}; {_verdict(ok_raw)}"])  # fmt: skip
+    own_sql = med(results, f"rawsql:batch={batch},conns=2", "jobs_per_s")
+    s["jobbuf_sql_ceiling"] = own_sql
+    rows.append([f"drain, jobbuf's own SQL on plain asyncpg, no library (jobs/s) [batch={batch},conns=2]", _f(jb),
+                 "", _f(own_sql), "", _f(_r(jb, own_sql), "x", 2), "(diagnostic: the SQL alone)", ""])  # fmt: skip
     lat = {k: {p: med(results, f"latency:{k}", f"{p}_ms") for p in ("p50", "p90", "p99")}
            for k in ("jobbuf", "peer", "raw")}  # fmt: skip
     s["latency_ms"] = lat
@@ -122,7 +127,7 @@ def _sweeps(results: Results) -> str:
     out = ["**Sweeps** (median jobs/s over repetitions; every run listed in latest.json):", ""]
     rows = []
     for key in sorted(results, key=lambda k: (k.split(":")[0], -med(results, k, "jobs_per_s"))):
-        if key.split(":")[0] in ("drain", "peer", "raw"):
+        if key.split(":")[0] in ("drain", "peer", "raw", "rawsql"):
             extra = ""
             if key.startswith("drain"):
                 extra = (f"mean claim {med(results, key, 'mean_claim'):.0f} rows, "

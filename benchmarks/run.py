@@ -74,6 +74,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         {"capacity": 1000, "low_water": 500, "concurrency": 50},
         {"capacity": 1000, "low_water": 500, "concurrency": 200},
         {"capacity": 2000, "low_water": 1000, "concurrency": 200},
+        {"capacity": 4000, "low_water": 2500, "concurrency": 200},
+        # batch_size < low_water: claims pipelined (up to 4 in flight)
+        {"capacity": 3000, "low_water": 2000, "batch_size": 1000, "concurrency": 50},
+        {"capacity": 4000, "low_water": 3000, "batch_size": 1000, "concurrency": 50},
     ]
     peer_sweep = [{"batch": 10, "qms": 1}, {"batch": 100, "qms": 1}, {"batch": 100, "qms": 2},
                   {"batch": 500, "qms": 1}, {"batch": 500, "qms": 2}]  # fmt: skip
@@ -150,9 +154,10 @@ def one_rep(plan: Plan, rep: int, multi_cfg: dict[str, int] | None) -> dict[str,
         for cfg in plan.jobbuf_sweep:
             run_case(plan, cfg_key("drain", cfg), "bench_drain.py", "drain", {"n": n, **cfg}, "drain")
     if "raw" in only:
-        for batch in sorted({c["capacity"] for c in plan.jobbuf_sweep} | {50}):
-            run_case(plan, cfg_key("raw", {"batch": batch, "conns": 2}), "bench_raw.py", "drain",
-                     {"n": n, "batch": batch, "conns": 2}, "raw")  # fmt: skip
+        for batch in sorted({c.get("batch_size", c["capacity"]) for c in plan.jobbuf_sweep} | {50}):
+            for sql in ("raw", "jobbuf"):
+                run_case(plan, cfg_key("raw" if sql == "raw" else "rawsql", {"batch": batch, "conns": 2}),
+                         "bench_raw.py", "drain", {"n": n, "batch": batch, "conns": 2, "sql": sql}, "raw")  # fmt: skip
     if "peer" in only:
         for cfg in plan.peer_sweep:
             run_case(plan, cfg_key("peer", cfg), "bench_peer.py", "drain", {"n": n, **cfg}, "peer")
