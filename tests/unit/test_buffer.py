@@ -168,6 +168,16 @@ async def test_entries_offered_to_an_idle_buffer_are_swept_on_time(autojump_cloc
         assert buf.stats().discarded == 3 and buf.depth == 0
 
 
+async def test_a_claim_past_shutdown_timeout_is_a_poll_error(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: the claim's shielded deadline swallowed the cancellation and the poller
+    # then failed on an unbound result (UnboundLocalError in stats).
+    source = SlowClaimSource(delays=[100])
+    async with open_job_buffer(source, "w", BufferConfig(shutdown_timeout=1)) as buf:
+        await trio.sleep(1.5)
+        stats = buf.stats()
+        assert stats.poll_errors == 1 and "TimeoutError: claim not answered" in (stats.last_error or "")
+
+
 async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClock) -> None:
     source = MemoryJobSource()
     async with open_job_buffer(source, "w") as buf:
