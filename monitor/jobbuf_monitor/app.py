@@ -192,9 +192,7 @@ class MonitorApp(App[None]):
         rates = self.latest.rates
         base.query_one("#trend-depth", Trend).push(self.history["depth"], f"{self.latest.total('depth'):,.0f}")
         base.query_one("#trend-claims", Trend).push(self.history["claims"], fmt_rate(rates.get("claims_per_s")))
-        base.query_one("#trend-discards", Trend).push(
-            self.history["discards"], fmt_rate(rates.get("discards_per_s"))
-        )
+        base.query_one("#trend-discards", Trend).push(self.history["discards"], fmt_rate(rates.get("discards_per_s")))
         self.updates += 1
 
     def header_text(self) -> Text:

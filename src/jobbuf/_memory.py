@@ -170,9 +170,7 @@ class MemoryJobSource:
         texts = [encode_payload(p) for p in payloads]
         return await self._insert("enqueue_many", queue, texts, priority, run_at, max_attempts)
 
-    async def enqueue_raw(
-        self, queue: str, text: str, *, priority: int = 0, max_attempts: int | None = None
-    ) -> int:
+    async def enqueue_raw(self, queue: str, text: str, *, priority: int = 0, max_attempts: int | None = None) -> int:
         """Test-only: store ``text`` as the payload unchecked (e.g. undecodable JSON), to
         exercise quarantine at claim."""
         return (await self._insert("enqueue_raw", queue, [text], priority, None, max_attempts))[0]

@@ -61,7 +61,6 @@ _RELEASE_SET = """
     lease_expires_at = NULL, attempts = greatest(j.attempts - 1, 0)"""
 
 
-
 def _claims(first: int, *extra: str) -> str:
     """The claims of a statement guarded by them: ids, owners, tokens at ``$first..$first+2``
     (then ``extra`` columns), as the rows of ``c``."""

@@ -137,9 +137,7 @@ def test_cli_migrate_enqueue_status_roundtrip(jobbuf_cli: Cli) -> None:
     assert (queue["queue"], queue["pending"], queue["claimed"]) == ("mail", 3, 0)
 
 
-def test_cli_requeue_puts_dead_jobs_back(
-    jobbuf_dsn: str, jobbuf_cli: Cli
-) -> None:
+def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str, jobbuf_cli: Cli) -> None:
     schema = jobbuf_cli.schema
     assert jobbuf_cli("migrate").returncode == 0
     assert jobbuf_cli("enqueue", "mail", "{}", "--count", "2").returncode == 0

@@ -24,9 +24,10 @@ async def main(dsn: str, schema: str) -> None:
         fast = {"stats_interval": 0.2, "poll_interval": 30.0}
         alpha_cfg = BufferConfig(queues=("a",), capacity=10, low_water=10, **fast)
         beta_cfg = BufferConfig(queues=("b",), capacity=5, low_water=1, ttl=0.3, **fast)
-        async with open_job_buffer(source, "alpha", alpha_cfg) as alpha, open_job_buffer(
-            source, "beta", beta_cfg
-        ) as beta:
+        async with (
+            open_job_buffer(source, "alpha", alpha_cfg) as alpha,
+            open_job_buffer(source, "beta", beta_cfg) as beta,
+        ):
             beta.offer_jobs([Job(id=-i, queue="b", payload=None) for i in range(1, 4)])
             with trio.fail_after(20):
                 while alpha.depth < 7 or beta.stats().discarded < 3:

@@ -386,6 +386,7 @@ async def test_bad_arguments_are_config_errors(autojump_clock: trio.testing.Mock
     async with open_job_buffer(MemoryJobSource(), "w") as buf:
         with pytest.raises(ConfigError, match="timeout"):
             await buf.take_job(-1)
+
         async def noop(job: Job) -> None:
             pass
 

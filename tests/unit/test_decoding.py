@@ -32,7 +32,7 @@ def test_decode_payload_is_json_loads(text: str) -> None:
 
 
 def test_decode_payload_round_trips_encode_payload() -> None:
-    payload = {"list": [1, 2.5, None, True], "text": "ü\n\"", "nested": {"a": []}}
+    payload = {"list": [1, 2.5, None, True], "text": 'ü\n"', "nested": {"a": []}}
     assert decode_payload(encode_payload(payload)) == payload
 
 
