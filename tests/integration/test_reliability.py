@@ -205,13 +205,15 @@ async def test_job_running_longer_than_three_leases_is_not_reclaimed(pg: Pg) -> 
             await trio.sleep(3.5)  # > 3 x lease
             handled.append(job.id)
 
-        async with open_job_buffer(source, "slow", cfg) as a, open_job_buffer(source, "thief", cfg) as b:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_workers, a, slow)
+        async with open_job_buffer(source, "slow", cfg) as a, trio.open_nursery() as nursery:
+            nursery.start_soon(run_workers, a, slow)
+            # Which of two buffers claims a job first is a race; the thief starts once a has it.
+            await wait_until(lambda: a.stats().taken == 1, timeout=5)
+            async with open_job_buffer(source, "thief", cfg) as b:
                 await wait_until(lambda: handled == [job_id], timeout=10)
                 await wait_until(lambda: a.stats().completed == 1, timeout=5)
-                nursery.cancel_scope.cancel()
-            assert b.stats().claimed == 0 and b.stats().polls > 20  # b kept polling, got nothing
+                assert b.stats().claimed == 0 and b.stats().polls > 20  # b kept polling, got nothing
+            nursery.cancel_scope.cancel()
             assert a.stats().lease_lost == 0
     assert await sql(dsn, f'SELECT * FROM "{source.schema}".jobs') == []
 
