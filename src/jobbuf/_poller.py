@@ -32,17 +32,19 @@ async def poll_loop(buf: JobBuffer) -> None:
     Each round: release TTL-discarded entries, sweep stale ones, and start claims while
     depth plus the rows of claims in flight is below ``low_water`` (each asks for up to
     ``batch_size`` rows of the capacity not yet promised; at most ``MAX_CLAIMS`` at once).
-    With the default ``batch_size == capacity`` that is one claim at a time; a smaller
-    ``batch_size`` pipelines claims, so the database runs the next while this process
-    decodes the last (each claim's rows are handed out in claim order, but the rows of
-    concurrent claims may interleave, as between two buffers). Then sleep until woken
-    (NOTIFY, a take crossing the low-water mark, a claim that came back full, a discard,
-    stop) or until the jittered ``poll_interval`` or the next TTL expiry passes. Errors are
-    counted in stats, logged, and retried with exponential backoff and jitter; they never
-    end the loop. Stopped, it waits for its claims in flight to land.
+    With the default ``batch_size == capacity`` that is one claim at a time, awaited right
+    here; a smaller ``batch_size`` pipelines claims in tasks, so the database runs the next
+    while this process decodes the last (each claim's rows are handed out in claim order,
+    but the rows of concurrent claims may interleave, as between two buffers), and after a
+    claim that came back short, one at a time again until one comes back full. Then sleep
+    until woken (NOTIFY, a take crossing the low-water mark, a claim that came back full, a
+    discard, stop) or until the jittered ``poll_interval`` or the next TTL expiry passes.
+    Errors are counted in stats, logged, and retried with exponential backoff and jitter;
+    they never end the loop. Stopped, it waits for its claims in flight to land.
     """
     failures = in_flight = 0
     retry_at = -math.inf
+    probing = True  # the last claim came back short: one claim at a time until one is full
 
     def failed(exc: Exception) -> None:
         nonlocal failures, retry_at
@@ -51,19 +53,25 @@ async def poll_loop(buf: JobBuffer) -> None:
         retry_at = trio.current_time() + _jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)), 0.5)
         buf._wake.set()  # the loop's next wait ends at retry_at
 
-    async def claim(limit: int) -> None:
-        nonlocal failures, in_flight
+    async def claim(limit: int) -> bool:
+        """One claim; whether it came back full (more may be ready: then it wakes the loop)."""
+        nonlocal failures, in_flight, probing
         try:
             full = await buf._claim_once(limit)
-            failures = 0
+            failures, probing = 0, not full
             if full:
-                buf._wake.set()  # more may be ready
+                buf._wake.set()
+            return full
         except Exception as exc:
             failed(exc)
+            return False
         finally:
             buf._claiming -= limit
             in_flight -= 1
 
+    # Only a batch_size below low_water can leave room for a second claim (see
+    # _claim_limit); otherwise the claim runs right here, without a task to schedule first.
+    pipelined = buf.config.claim_size < buf.config.low_water
     async with trio.open_nursery() as claims:
         while not buf._stopping:
             buf._wake = wake = trio.Event()  # reset first: a wake during the round is kept
@@ -72,9 +80,14 @@ async def poll_loop(buf: JobBuffer) -> None:
                     await buf._release_discarded()
                     buf._sweep_stale()
                     while not buf._stopping and in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
+                        if probing and in_flight:
+                            break  # an idle queue gets one claim per wake-up, not MAX_CLAIMS
                         buf._claiming += limit
                         in_flight += 1
-                        claims.start_soon(claim, limit)
+                        if pipelined:
+                            claims.start_soon(claim, limit)
+                        elif not await claim(limit):
+                            break  # short (or failed): nothing more ready for now
                 except Exception as exc:
                     failed(exc)
             now = trio.current_time()

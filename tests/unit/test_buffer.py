@@ -134,18 +134,26 @@ class SlowClaimSource(MemoryJobSource):
 
 
 async def test_small_batches_pipeline_claims(autojump_clock: trio.testing.MockClock) -> None:
-    # batch_size 25 under low_water 100: four claims in flight at once, each handing out
-    # its rows in claim order.
-    source = SlowClaimSource(delays=[4, 3, 2, 1])
+    # batch_size 25 under low_water 100: the first claim probes alone; once it came back
+    # full, the other three run at once, each handing out its rows in claim order.
+    source = SlowClaimSource(delays=[1, 3, 2, 1])
     ids = await source.enqueue_many("default", list(range(100)))
     config = BufferConfig(capacity=100, low_water=100, batch_size=25, poll_interval=1000)
     async with open_job_buffer(source, "w", config) as buf:
         await trio.sleep(5)
-        assert source.most_in_flight == 4 and buf.depth == 100 and buf.stats().polls == 4
+        assert source.most_in_flight == 3 and buf.depth == 100 and buf.stats().polls == 4
         taken = [job.id for job in [await buf.take_job() for _ in range(100)] if job is not None]
     assert sorted(taken) == ids
     runs = [taken[i : i + 25] for i in range(0, 100, 25)]
     assert all(run == sorted(run) for run in runs)
+
+
+async def test_an_idle_pipelined_buffer_polls_one_claim_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
+    source = SlowClaimSource(delays=[])
+    config = BufferConfig(capacity=100, low_water=100, batch_size=25, poll_interval=10)
+    async with open_job_buffer(source, "w", config) as buf:
+        await trio.sleep(100)
+        assert source.most_in_flight == 1 and buf.stats().empty_polls <= 13
 
 
 async def test_default_batch_size_claims_one_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
