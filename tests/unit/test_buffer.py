@@ -156,6 +156,26 @@ async def test_an_idle_pipelined_buffer_polls_one_claim_at_a_time(autojump_clock
         assert source.most_in_flight == 1 and buf.stats().empty_polls <= 13
 
 
+async def test_a_claim_overflowing_an_offer_goes_back_even_if_its_release_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Offers win: a claim that lands on a buffer filled meanwhile releases what no longer
+    # fits. If that release fails, the rows stay ours and the next round releases them.
+    source = SlowClaimSource(delays=[1])
+    ids = await source.enqueue_many("default", list(range(10)))
+    source.fail_next("release", DatabaseUnavailableError("down"))
+    async with open_job_buffer(source, "w", BufferConfig(capacity=10, low_water=10, poll_interval=1000)) as buf:
+        await trio.sleep(0.5)  # the claim of 10 is in flight
+        assert buf.offer_jobs([Job(id=-i, queue="default", payload=None) for i in range(1, 7)]) == 6
+        await trio.sleep(0.501)  # it landed at t = 1: 4 fit, 6 overflow, their release failed
+        stats = buf.stats()
+        assert buf.depth == 10 and stats.claimed == 10 and stats.released == 0 and stats.poll_errors == 1
+        await trio.sleep(1)  # the retry released them
+        assert buf.stats().released == 6
+        states = {s.id: s.status for s in await source.job_states()}
+        assert sorted(i for i in ids if states[i] == "pending") == ids[4:]
+
+
 async def test_default_batch_size_claims_one_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
     source = SlowClaimSource(delays=[1] * 10)
     await source.enqueue_many("default", list(range(300)))
