@@ -3,14 +3,14 @@
 Usage::
 
     python benchmarks/run.py              # full run: 3 repetitions, N=50,000 (about 5 min)
-    python benchmarks/run.py --quick      # smoke run: 1 repetition, small sizes (about 1 min)
+    python benchmarks/run.py --quick      # smoke run: 1 repetition, small sizes (under 1 min)
     python benchmarks/run.py --reps 5 --only drain,latency
 
 Options (also ``--help``):
   --reps R          repetitions (default 3; 1 with --quick). Every benchmark runs once per
                     repetition, interleaved with the others; medians are reported.
   --quick           small sizes (N=5,000, 30 latency samples, 100k "big" rows, fewer sweep
-                    points) for a ~1 minute smoke run.
+                    points) for a smoke run of under a minute.
   --n N             jobs per drain (default 50,000).
   --samples S       latency samples per system (default 200).
   --big-rows R      the "large table" size for the claim-latency scale test (default 1,000,000).
