@@ -90,6 +90,7 @@ class PostgresJobSource:
         self._retry_timeout = retry_timeout
         self._operation_timeout = operation_timeout
         self._ack_sql = sql.ack(keep_completed)
+        self._complete_sql = sql.complete(keep_completed)
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
         self.application_name = application_name
         self.listener = Listener(dsn, sql.jobs_channel, application_name=application_name)
@@ -274,14 +275,23 @@ class PostgresJobSource:
             return await self._ack_in_rounds(acks, default_max_attempts)
         done = [a.job for a in acks if a.error is None]
         failed = [a for a in acks if a.error is not None]
-        args = (
-            *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
-            [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
-        )  # fmt: skip
-        ack_sql, existing_sql = self._ack_sql, self._sql.existing()
+        owners = {j.claim.owner if j.claim else None for j in done}
+        existing_sql = self._sql.existing()
+        args: tuple[Any, ...]
+        # The common case, completions of one owner's claims, has a cheaper statement.
+        only_done = not failed and len(owners) == 1 and None not in owners
+        if only_done:  # (every job here has a claim: None is not among the owners)
+            tokens = [j.claim.token for j in done if j.claim]
+            ack_sql, args = self._complete_sql, ([j.id for j in done], owners.pop(), tokens)
+        else:
+            ack_sql, args = self._ack_sql, (
+                *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
+                [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
+            )  # fmt: skip
 
         async def op(conn: Any) -> dict[int, str]:
-            outcomes: dict[int, str] = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
+            rows = await conn.fetch(ack_sql, *args)
+            outcomes = {row[0]: "done" for row in rows} if only_done else {row[0]: row[1] for row in rows}
             missing = [job.id for job in done if job.id not in outcomes]
             if missing:
                 # A completion retried after a lost connection may already have been

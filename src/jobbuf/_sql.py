@@ -248,6 +248,20 @@ class Statements:
         UNION ALL
         SELECT id, CASE status WHEN 'dead' THEN 'dead' ELSE 'retry' END FROM failed"""
 
+    def complete(self, keep_completed: bool) -> str:
+        # The common group commit, completions only, every claim held by one owner: the
+        # owner is one parameter instead of an array (about 25% cheaper than ack()).
+        # $1 ids, $2 owner, $3 tokens. Returns the ids whose claim matched.
+        claims = "unnest($1::bigint[], $3::bigint[]) AS c(id, token)"
+        match = (
+            "j.id = ANY($1::bigint[]) AND j.id = c.id"  # see _match: the IS TRUE keeps the plan on the primary key
+            " AND (j.status = 'claimed' AND j.owner = $2 AND j.claim_token = c.token) IS TRUE"
+        )
+        if keep_completed:
+            return f"""UPDATE {self.s}.jobs j SET status = 'done', owner = NULL, claim_token = NULL,
+                lease_expires_at = NULL FROM {claims} WHERE {match} RETURNING j.id"""
+        return f"DELETE FROM {self.s}.jobs j USING {claims} WHERE {match} RETURNING j.id"
+
     def existing(self) -> str:
         # After an ack retried across a connection loss: which unmatched ids still exist.
         return f"SELECT id FROM {self.s}.jobs WHERE id = ANY($1::bigint[]) AND status <> 'done'"

@@ -104,6 +104,20 @@ class AckLeaseAndOperatorContract(ContractOptions):
             assert await source.ack(acks, default_max_attempts=20) == ["dead", "done", "lost", "dead"]
             assert await source.ack([], default_max_attempts=20) == []
 
+    async def test_completions_in_one_batch_are_matched_one_by_one(self, source: JobSource) -> None:
+        # Completions only, of one owner's claims (a source may have a faster path for
+        # that), then of two owners' claims: each ack is matched against its own claim.
+        with trio.fail_after(TIMEOUT):
+            await source.enqueue_many("default", ["a", "b", "c"])
+            a, b, c = (await claim(source, "owner-a", limit=3)).jobs
+            await source.release([b])
+            [b2] = (await claim(source, "owner-b", limit=1)).jobs  # b, now owner-b's
+            await source.release([c])
+            [c2] = (await claim(source, "owner-a", limit=1)).jobs  # c, owner-a's under a new claim
+            assert await source.ack([Ack(a), Ack(b), Ack(c)], default_max_attempts=20) == ["done", "lost", "lost"]
+            assert await source.ack([Ack(b2), Ack(c2)], default_max_attempts=20) == ["done", "done"]
+            assert [s.status for s in await source.job_states()] in ([], ["done"] * 3)
+
     # -- leases --------------------------------------------------------------------------
     async def test_expired_lease_is_rescued_by_another_owner(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
