@@ -84,14 +84,16 @@ async def _drain(p: dict[str, Any]) -> dict[str, Any]:
     async def jobbuf_sql_loop(conn: asyncpg.Connection, claim_conn: asyncpg.Connection, k: int) -> None:
         nonlocal done
         st = load_jobbuf_sql().Statements(schema)
-        claim, ack = await claim_conn.prepare(st.claim(single_queue=True)), await conn.prepare(st.ack(False))
+        # The statements jobbuf runs for this workload: its claim, and its ack of completions
+        # from one owner (PostgresJobSource.ack picks Statements.complete for those).
+        claim, ack = await claim_conn.prepare(st.claim(single_queue=True)), await conn.prepare(st.complete(False))
         owner = f"raw-{k}"
         for token in itertools.count():
             rows = await claim.fetch(["default"], batch, owner, "raw", token, 20, 30.0)
             if not rows:
                 return
             ids = [r[0] for r in rows]
-            await ack.fetch(ids, [owner] * len(ids), [token] * len(ids), [], [], [], [], [], 20)
+            await ack.fetch(ids, owner, [token] * len(ids))
             done += len(rows)
 
     log(f"raw drain: n={n} batch={batch} conns={conns} sql={sql}")
