@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
 
-from jobbuf import BufferConfig, Job, JobBuffer, PostgresJobSource, open_job_buffer
+from jobbuf import BufferConfig, ClaimResult, Job, JobBuffer, PostgresJobSource, open_job_buffer, run_workers
 from pg_helpers import sql, statuses, wait_until
 
 Pg = tuple[PostgresJobSource, str]
@@ -51,6 +52,43 @@ async def test_refill_below_low_water_never_exceeds_capacity(pg: Pg) -> None:
             assert max(depths) <= 10
             assert buf.stats().claimed >= 40  # refilled well past the first batches
             assert buf.stats().claimed <= 40 + 10
+
+
+async def test_pipelined_claims_of_two_buffers_drain_every_job_exactly_once(pg: Pg) -> None:
+    source, dsn = pg
+    with trio.fail_after(60):
+        ids = await source.enqueue_many("default", list(range(3000)))
+        claim, in_flight, most = source.claim, 0, 0
+
+        async def observed_claim(**kwargs: Any) -> ClaimResult:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await claim(**kwargs)
+            finally:
+                in_flight -= 1
+
+        source.claim = observed_claim  # type: ignore[method-assign]
+        handled: list[int] = []
+
+        async def handler(job: Job) -> None:
+            handled.append(job.id)
+            await trio.lowlevel.checkpoint()
+
+        cfg = BufferConfig(capacity=400, low_water=300, batch_size=100, poll_interval=5)
+        async with (
+            open_job_buffer(source, "a", cfg) as a,
+            open_job_buffer(source, "b", cfg) as b,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(run_workers, a, handler)
+            nursery.start_soon(run_workers, b, handler)
+            await wait_until(lambda: a.stats().completed + b.stats().completed == len(ids), timeout=50)
+            nursery.cancel_scope.cancel()
+        assert sorted(handled) == ids  # each exactly once
+        assert most >= 3  # claims did overlap
+        assert await sql(dsn, f'SELECT id FROM "{source.schema}".jobs') == []
 
 
 async def test_enqueue_wakes_idle_buffer_before_poll_interval(pg: Pg) -> None:
