@@ -176,6 +176,24 @@ async def test_a_claim_overflowing_an_offer_goes_back_even_if_its_release_fails(
         assert sorted(i for i in ids if states[i] == "pending") == ids[4:]
 
 
+@pytest.mark.parametrize("batch_size", [None, 5], ids=["one-claim", "pipelined"])
+async def test_claims_in_flight_at_exit_land_and_are_released(
+    autojump_clock: trio.testing.MockClock, batch_size: int | None
+) -> None:
+    # The exit does not race claims still in flight: they are shielded, land, and the
+    # release by owner then gives every row back.
+    source = SlowClaimSource(delays=[0, 2, 2, 2])
+    await source.enqueue_many("default", list(range(40)))
+    config = BufferConfig(capacity=20, low_water=20, batch_size=batch_size)
+    with trio.move_on_after(1.5) as scope:  # leaves the context while claims are in flight
+        async with open_job_buffer(source, "w", config) as buf:
+            await buf.take_job()  # the first claim landed; the next ones are on their way
+            await trio.sleep_forever()
+    assert scope.cancelled_caught and trio.current_time() >= 2  # the exit waited for them
+    assert {(s.status, s.attempts) for s in await source.job_states()} == {("pending", 0)}
+    assert source.in_flight == 0
+
+
 async def test_default_batch_size_claims_one_at_a_time(autojump_clock: trio.testing.MockClock) -> None:
     source = SlowClaimSource(delays=[1] * 10)
     await source.enqueue_many("default", list(range(300)))
