@@ -38,62 +38,88 @@ async def poll_loop(buf: JobBuffer) -> None:
     but the rows of concurrent claims may interleave, as between two buffers), and after a
     claim that came back short, one at a time again until one comes back full. Then sleep
     until woken (NOTIFY, a take crossing the low-water mark, a claim that came back full, a
-    discard, stop) or until the jittered ``poll_interval`` or the next TTL expiry passes.
+    discard, stop) or until the jittered ``poll_interval`` or the next TTL expiry passes;
+    a TTL wake-up only sweeps (and an empty buffer's TTL timer runs every min(ttl, 0.8 x
+    lease), so entries that arrive meanwhile are swept on time without extra polls).
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
     they never end the loop. Stopped, it waits for its claims in flight to land.
     """
-    failures = in_flight = 0
-    retry_at = -math.inf
-    probing = True  # the last claim came back short: one claim at a time until one is full
+    await _Poller(buf).run()
 
-    def failed(exc: Exception) -> None:
-        nonlocal failures, retry_at
-        failures += 1
-        buf._record_error("poll", exc)
-        retry_at = trio.current_time() + _jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)), 0.5)
-        buf._wake.set()  # the loop's next wait ends at retry_at
 
-    async def claim(limit: int) -> bool:
+class _Poller:
+    """The state of one buffer's poll loop (see :func:`poll_loop`)."""
+
+    def __init__(self, buf: JobBuffer) -> None:
+        self.buf = buf
+        self.failures = 0
+        self.in_flight = 0  # claims
+        self.retry_at = -math.inf  # backing off after an error until then
+        self.probing = True  # the last claim came back short: one claim at a time until one is full
+        self.next_poll = 0.0  # when the next round claims even if nothing wakes the poller
+        # Only a batch_size below low_water can leave room for a second claim (see
+        # _claim_limit); otherwise the claim runs inline, without a task to schedule first.
+        self.pipelined = buf.config.claim_size < buf.config.low_water
+
+    async def run(self) -> None:
+        buf = self.buf
+        sweep_only = False  # woken by the TTL timer alone: sweep (a discard wakes again), no claim
+        async with trio.open_nursery() as claims:
+            while not buf._stopping:
+                buf._wake = wake = trio.Event()  # reset first: a wake during the round is kept
+                if trio.current_time() >= self.retry_at:
+                    try:
+                        await buf._release_discarded()
+                        buf._sweep_stale()
+                        if not sweep_only:
+                            await self._claim_round(claims)
+                    except Exception as exc:
+                        self._failed(exc)
+                sweep_only = await self._sleep(wake)
+
+    async def _claim_round(self, claims: trio.Nursery) -> None:
+        buf = self.buf
+        self.next_poll = trio.current_time() + _jitter(buf.config.poll_interval)
+        while not buf._stopping and self.in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
+            if self.probing and self.in_flight:
+                break  # an idle queue gets one claim per wake-up, not MAX_CLAIMS
+            buf._claiming += limit
+            self.in_flight += 1
+            if self.pipelined:
+                claims.start_soon(self._claim, limit)
+            elif not await self._claim(limit):
+                break  # short (or failed): nothing more ready for now
+
+    async def _claim(self, limit: int) -> bool:
         """One claim; whether it came back full (more may be ready: then it wakes the loop)."""
-        nonlocal failures, in_flight, probing
         try:
-            full = await buf._claim_once(limit)
-            failures, probing = 0, not full
+            full = await self.buf._claim_once(limit)
+            self.failures, self.probing = 0, not full
             if full:
-                buf._wake.set()
+                self.buf._wake.set()
             return full
         except Exception as exc:
-            failed(exc)
+            self._failed(exc)
             return False
         finally:
-            buf._claiming -= limit
-            in_flight -= 1
+            self.buf._claiming -= limit
+            self.in_flight -= 1
 
-    # Only a batch_size below low_water can leave room for a second claim (see
-    # _claim_limit); otherwise the claim runs right here, without a task to schedule first.
-    pipelined = buf.config.claim_size < buf.config.low_water
-    async with trio.open_nursery() as claims:
-        while not buf._stopping:
-            buf._wake = wake = trio.Event()  # reset first: a wake during the round is kept
-            if trio.current_time() >= retry_at:
-                try:
-                    await buf._release_discarded()
-                    buf._sweep_stale()
-                    while not buf._stopping and in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
-                        if probing and in_flight:
-                            break  # an idle queue gets one claim per wake-up, not MAX_CLAIMS
-                        buf._claiming += limit
-                        in_flight += 1
-                        if pipelined:
-                            claims.start_soon(claim, limit)
-                        elif not await claim(limit):
-                            break  # short (or failed): nothing more ready for now
-                except Exception as exc:
-                    failed(exc)
-            now = trio.current_time()
-            wait = min(_jitter(buf.config.poll_interval), buf._next_expiry())
-            with trio.move_on_after(min(wait, retry_at - now) if retry_at > now else wait):
-                await wake.wait()
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.buf._record_error("poll", exc)
+        backoff = _jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (self.failures - 1)), 0.5)
+        self.retry_at = trio.current_time() + backoff
+        self.buf._wake.set()  # the loop's next sleep ends at retry_at
+
+    async def _sleep(self, wake: trio.Event) -> bool:
+        """Sleep until woken, the next poll, the end of a backoff or the next TTL expiry;
+        return whether the TTL timer alone ended it (the next round then only sweeps)."""
+        now, expiry = trio.current_time(), self.buf._next_expiry()
+        due = self.retry_at - now if self.retry_at > now else self.next_poll - now  # backing off: retry first
+        with trio.move_on_after(max(0.0, min(due, expiry))) as timer:
+            await wake.wait()
+        return timer.cancelled_caught and expiry < due
 
 
 async def heartbeat_loop(buf: JobBuffer) -> None:

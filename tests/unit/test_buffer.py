@@ -224,6 +224,15 @@ async def test_a_claim_past_shutdown_timeout_is_a_poll_error(autojump_clock: tri
         assert stats.poll_errors == 1 and "TimeoutError: claim not answered" in (stats.last_error or "")
 
 
+async def test_an_idle_buffers_ttl_timer_sweeps_without_polling(autojump_clock: trio.testing.MockClock) -> None:
+    # The poller of an empty buffer wakes every min(ttl, 0.8 x lease) to sweep entries that
+    # may have arrived meanwhile, but those wake-ups never claim: polls follow poll_interval.
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000, ttl=1)) as buf:
+        await trio.sleep(100)
+        assert buf.stats().polls == 1
+
+
 async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClock) -> None:
     source = MemoryJobSource()
     async with open_job_buffer(source, "w") as buf:
