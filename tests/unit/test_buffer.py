@@ -114,7 +114,8 @@ async def test_claim_errors_are_counted_and_retried(autojump_clock: trio.testing
 
 
 class SlowClaimSource(MemoryJobSource):
-    """Each claim answers after a delay taken from ``delays`` (the later ones faster)."""
+    """Each claim takes its rows at once and answers after the next delay from ``delays``
+    (none once they run out); counts the claims in flight."""
 
     def __init__(self, delays: list[float]) -> None:
         super().__init__()
