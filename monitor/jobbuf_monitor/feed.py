@@ -1,8 +1,9 @@
 """The monitor's data feed: snapshots of ``<schema>.workers`` and ``<schema>.jobs``.
 
 Plain asyncio plus asyncpg; this module never imports trio or the ``jobbuf`` package (whose
-``__init__`` imports trio). The read queries mirror ``jobbuf._sql.Statements.queue_counts``
-and ``.workers``; the monitor only SELECTs and LISTENs, so it runs under a read-only role.
+``__init__`` imports trio). Its worker query reads what ``jobbuf._sql.Statements.workers``
+reads (epochs instead of timestamps); :func:`queue_counts_sql` is shared with jobbuf. The
+monitor only SELECTs and LISTENs, so it runs under a read-only role.
 
 Guarantees:
 
@@ -43,6 +44,7 @@ __all__ = [
     "check_schema",
     "connect",
     "read_snapshot",
+    "queue_counts_sql",
     "safe_error",
     "worker_state",
 ]
@@ -126,8 +128,10 @@ def _num(value: object, default: float) -> float:
     return float(value)
 
 
-def _queue_sql(s: str) -> str:
-    # Mirrors jobbuf._sql.Statements.queue_counts (the monitor must not import jobbuf).
+def queue_counts_sql(s: str) -> str:
+    """Counts per queue and status in schema ``s`` (already quoted), for one queue (``$1``)
+    or all (``$1`` NULL). The only copy: jobbuf's ``Statements.queue_counts`` uses it too
+    (jobbuf may import the monitor package; the monitor must not import jobbuf)."""
     return f"""
         SELECT queue,
             count(*) FILTER (WHERE status = 'pending' AND run_at <= now()) AS pending,
@@ -211,7 +215,7 @@ async def read_snapshot(conn: asyncpg.Connection, schema: str, queue: str | None
     await check_schema(conn, schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         rows = await conn.fetch(_workers_sql(s), queue)
-        counts = await conn.fetch(_queue_sql(s), queue)
+        counts = await conn.fetch(queue_counts_sql(s), queue)
     queues = [dict(r) for r in counts]
     for q in queues:
         if q["oldest_pending_age"] is not None:

@@ -354,7 +354,7 @@ class PostgresJobSource:
 
     async def queue_counts(self) -> list[QueueCounts]:
         """Counts per queue and status."""
-        return [QueueCounts(**dict(row)) for row in await self._fetch(self._sql.queue_counts())]
+        return [QueueCounts(**dict(row)) for row in await self._fetch(self._sql.queue_counts(), None)]
 
     async def workers(self) -> list[dict[str, Any]]:
         """Registered worker rows, with their published stats decoded."""

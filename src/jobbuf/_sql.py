@@ -1,4 +1,5 @@
-"""Every SQL statement jobbuf runs, named and commented, in one place.
+"""Every SQL statement jobbuf runs, named and commented, in one place (the per-queue counts
+are written in the monitor package, which shares them and must not import jobbuf).
 
 Schema names are validated identifiers and are quoted with double quotes when formatted
 in; every value is a query parameter. ``Statements(schema)`` renders the set for one schema.
@@ -7,6 +8,8 @@ in; every value is a query parameter. ``Statements(schema)`` renders the set for
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from jobbuf_monitor.feed import queue_counts_sql
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Statements"]
 
@@ -292,17 +295,9 @@ class Statements:
 
     # -- operators (CLI, monitor, testing) ---------------------------------------------
     def queue_counts(self) -> str:
-        return f"""
-        SELECT queue,
-            count(*) FILTER (WHERE status = 'pending' AND run_at <= now()) AS pending,
-            count(*) FILTER (WHERE status = 'pending' AND run_at > now())  AS scheduled,
-            count(*) FILTER (WHERE status = 'claimed') AS claimed,
-            count(*) FILTER (WHERE status = 'dead')    AS dead,
-            count(*) FILTER (WHERE status = 'done')    AS done,
-            extract(epoch FROM now() - min(run_at)
-                FILTER (WHERE status = 'pending' AND run_at <= now()))::float8
-                AS oldest_pending_age
-        FROM {self.s}.jobs GROUP BY queue ORDER BY queue"""
+        # $1 one queue, or NULL for all. Written once, in the monitor package (which must
+        # not import jobbuf); see jobbuf_monitor.feed.queue_counts_sql.
+        return queue_counts_sql(self.s)
 
     def workers(self) -> str:
         return f"""
