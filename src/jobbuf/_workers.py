@@ -93,15 +93,8 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
     # for the ack.
     error: BaseException | str | None = None
     try:
-        if job_timeout is None:
-            await handler(job)
-        else:
-            # move_on_after, not fail_after: a handler's own TooSlowError is an ordinary
-            # failure, and must not pass for the job's timeout.
-            with trio.move_on_after(job_timeout) as deadline:
-                await handler(job)
-            if deadline.cancelled_caught:
-                error = f"job timed out after {job_timeout:g}s"
+        if not await call_handler(handler, job, job_timeout):
+            error = f"job timed out after {job_timeout:g}s"
     except Exception as exc:
         error = exc
     except BaseException:  # cancelled (shutdown): the job goes back, unprocessed
@@ -115,6 +108,20 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
         return
     if buf._acks.pending >= ACK_BACKLOG:  # the database is slower than the handlers: wait
         await buf._acks.wait_for_flush()
+
+
+async def call_handler(handler: Handler, job: Job, job_timeout: float | None) -> bool:
+    """``await handler(job)`` within ``job_timeout`` seconds; False if it ran out of time.
+
+    The handler's own exceptions propagate. ``move_on_after``, not ``fail_after``: a
+    handler's own ``TooSlowError`` is an ordinary failure and must not pass for the job's
+    timeout. No cancel scope is built when there is no timeout (the hot path)."""
+    if job_timeout is None:
+        await handler(job)
+        return True
+    with trio.move_on_after(job_timeout) as deadline:
+        await handler(job)
+    return not deadline.cancelled_caught
 
 
 async def _quietly(ack: Awaitable[Any], job: Job) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -30,11 +30,10 @@ from .._errors import ConfigError
 from .._job import Job
 from .._source import JobSource, JobState, QueueCounts
 from .._stats import BufferStats
-from .._workers import run_workers
+from .._workers import Handler, call_handler, run_workers
 
 __all__ = ["DeadJob", "DrainResult", "DrainTimeoutError", "FailedAttempt", "drain", "source_now"]
 
-Handler = Callable[[Job], Awaitable[Any]]
 
 _FIRST_CHECK = 0.01
 """First idle-check interval (trio seconds); it doubles while nothing changes."""
@@ -122,13 +121,8 @@ class _Recorder:
         self.calls.append(job)
         self.running[job.id] += 1
         try:
-            if job_timeout is None:
-                await handler(job)
-            else:
-                with trio.move_on_after(job_timeout) as scope:
-                    await handler(job)
-                if scope.cancelled_caught:
-                    raise TimeoutError(f"job timed out after {job_timeout:g}s")
+            if not await call_handler(handler, job, job_timeout):
+                raise TimeoutError(f"job timed out after {job_timeout:g}s")
         except Exception as exc:
             self.failed.append(FailedAttempt(job, exc))
             raise
