@@ -93,7 +93,9 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
     # for the ack.
     error: BaseException | str | None = None
     try:
-        if not await call_handler(handler, job, job_timeout):
+        if job_timeout is None:  # the hot path: no cancel scope, no extra coroutine
+            await handler(job)
+        elif not await call_handler(handler, job, job_timeout):
             error = f"job timed out after {job_timeout:g}s"
     except Exception as exc:
         error = exc
