@@ -234,6 +234,18 @@ async def test_an_idle_buffers_ttl_timer_sweeps_without_polling(autojump_clock: 
         assert buf.stats().polls == 1
 
 
+async def test_a_failed_pipelined_claim_is_retried_after_its_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    # A pipelined claim fails in its own task while the poller sleeps: the failure must
+    # wake it, or the retry would wait for the next poll_interval.
+    source = MemoryJobSource()
+    await source.enqueue("default", 1)
+    source.fail_next("claim", DatabaseUnavailableError("down"))
+    config = BufferConfig(capacity=100, low_water=100, batch_size=25, poll_interval=1000)
+    async with open_job_buffer(source, "w", config) as buf:
+        await trio.sleep(2)  # no taker, whose empty pops would wake the poller too
+        assert buf.depth == 1 and buf.stats().poll_errors == 1
+
+
 async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClock) -> None:
     source = MemoryJobSource()
     async with open_job_buffer(source, "w") as buf:
