@@ -146,7 +146,7 @@ def queue_counts_sql(s: str) -> str:
 
 
 def _workers_sql(s: str) -> str:
-    # Mirrors jobbuf._sql.Statements.workers; jsonb comes back as text and is decoded here.
+    # Reads what jobbuf._sql.Statements.workers reads, with epochs for display; jsonb comes back as text.
     return f"""
         SELECT instance, worker_id, host, pid, queues,
             extract(epoch FROM started_at)::float8 AS started_epoch,
