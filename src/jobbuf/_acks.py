@@ -78,6 +78,7 @@ class AckBatcher:
         # a nowait ack arrives; callers whose ack is in a flush wait on that flush's event.
         self._changed = trio.Event()
         self.flushes = 0
+        self._cutoffs: list[float] = []  # see add_cutoff
 
     @property
     def pending(self) -> int:
@@ -146,6 +147,15 @@ class AckBatcher:
                 else:
                     await self._changed.wait()
 
+    def add_cutoff(self, at: float) -> None:
+        """Until :meth:`remove_cutoff`, flushes that start end by trio time ``at`` at the
+        latest, not ``deadline`` after they start: a cleanup must not wait for a flush
+        that began just before its own deadline. (Flushes already in flight end first.)"""
+        self._cutoffs.append(at)
+
+    def remove_cutoff(self, at: float) -> None:
+        self._cutoffs.remove(at)
+
     async def wait_for_flush(self) -> None:
         """Wait until a flush ends (or a nowait ack makes one possible)."""
         await self._changed.wait()
@@ -168,13 +178,16 @@ class AckBatcher:
 
     async def _flush(self, batch: list[_Item], flushed: trio.Event) -> None:
         try:
+            own = trio.current_time() + (self._deadline if self._deadline > 0 else math.inf)
+            deadline = min([own, *self._cutoffs])
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._deadline if self._deadline > 0 else math.inf) as scope:
+                with trio.CancelScope(deadline=deadline) as scope:
                     outcomes = await self._source.ack(
                         [item.ack for item in batch], default_max_attempts=self._default_max_attempts
                     )
                 if scope.cancelled_caught:
-                    raise DatabaseUnavailableError(f"ack not confirmed within {self._deadline:g}s")
+                    within = f"within {self._deadline:g}s" if deadline == own else "by the shutdown deadline"
+                    raise DatabaseUnavailableError(f"ack not confirmed {within}")
             for item, outcome in zip(batch, outcomes, strict=True):
                 item.outcome = outcome
         except Exception as exc:

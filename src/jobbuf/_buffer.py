@@ -86,6 +86,9 @@ class JobBuffer(AckMethods):
         self._worker: WorkerInfo | None = None
         self._leases_extended_at = -math.inf  # trio time of the last successful extension
         self._claiming = 0  # rows asked for by claims in flight
+        # Fixed when stopping begins (see _fix_exit_deadline): claims in flight end before
+        # it, and the cleanup after them shares it, so their timeouts do not add up.
+        self._exit_deadline = math.inf
 
     # -- the contract's read-only view ---------------------------------------------------
     @property
@@ -162,11 +165,27 @@ class JobBuffer(AckMethods):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_poller)
                 nursery.start_soon(_poller.heartbeat_loop, self)
+                nursery.start_soon(self._fix_exit_deadline_when_cancelled)
                 task_status.started()
         finally:
             unsubscribe()
             self._close()
             await shutdown(self)
+
+    async def _fix_exit_deadline_when_cancelled(self) -> None:
+        # run's tasks end only when it is cancelled (or one of them fails): that is when the
+        # exit begins, while claims may still be in flight (shielded, so nothing else
+        # notices the cancellation until they land).
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._fix_exit_deadline()
+
+    def _fix_exit_deadline(self) -> None:
+        """Stopping begins: what follows (stop's drain, or the exit's flush, release and
+        deregistration) ends within one ``shutdown_timeout`` from now. Claims in flight,
+        bounded by ``shutdown_timeout`` from when they started, end before that."""
+        self._exit_deadline = trio.current_time() + self.config.shutdown_timeout
 
     async def _run_poller(self) -> None:
         try:
@@ -196,6 +215,7 @@ class JobBuffer(AckMethods):
             return []
         self._state = "stopped"
         self._stopping = True
+        self._fix_exit_deadline()
         self._wake.set()
         self._takers.unpark_all()
         returned = False
@@ -211,7 +231,7 @@ class JobBuffer(AckMethods):
         return jobs
 
     async def _drain(self, *, release: bool) -> list[Job]:
-        with trio.CancelScope(shield=True, relative_deadline=self.config.shutdown_timeout):
+        with trio.CancelScope(shield=True, deadline=self._exit_deadline):
             if self._poller_scope is not None:
                 self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
                 await self._poller_done.wait()

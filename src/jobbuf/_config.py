@@ -73,7 +73,9 @@ class BufferConfig:
     retry_max: float = 3600.0
     """Cap on the retry delay."""
     shutdown_timeout: float = 10.0
-    """Deadline for flushing acks and releasing jobs when the buffer exits."""
+    """How long the exit may take, all of it: claims still in flight, the ack flush, the
+    release and the deregistration. Also bounds ``stop()``'s cleanup, ``run_workers``'
+    cleanup, and each claim."""
 
     def __post_init__(self) -> None:
         capacity = _number("capacity", self.capacity, integer=True)

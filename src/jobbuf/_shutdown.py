@@ -11,6 +11,7 @@ from ._errors import DatabaseUnavailableError
 
 if TYPE_CHECKING:
     from ._buffer import JobBuffer
+    from ._job import Job
 
 __all__ = ["shutdown"]
 
@@ -19,7 +20,9 @@ log = logging.getLogger("jobbuf.buffer")
 
 async def shutdown(buf: JobBuffer) -> None:
     """Flush pending acks, then release everything ``buf``'s instance still owns, then
-    deregister it: shielded from cancellation, within ``config.shutdown_timeout``.
+    deregister it: shielded from cancellation, by the buffer's exit deadline
+    (``config.shutdown_timeout`` after ``run`` was cancelled, shared with the claims that
+    were still in flight then).
 
     The release is by owner, not only by the ids the buffer knows: a claim cancelled
     mid-statement may have committed rows it never saw. Jobs handed off with
@@ -37,7 +40,7 @@ async def shutdown(buf: JobBuffer) -> None:
     foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
     failure: BaseException | None = None
     with trio.CancelScope(shield=True):
-        with trio.move_on_after(cfg.shutdown_timeout) as deadline:
+        with trio.CancelScope(deadline=min(buf._exit_deadline, trio.current_time() + cfg.shutdown_timeout)) as deadline:
             try:
                 await buf._acks.drain()  # acks already submitted land before the release
                 buf._entries.clear()
@@ -54,11 +57,18 @@ async def shutdown(buf: JobBuffer) -> None:
                 failure = exc
         buf._state = "closed"
         if held and (failure is not None or deadline.cancelled_caught):
-            ids = sorted({j.id for j in held})
             reason = f"{failure}" if failure is not None else f"no answer within {cfg.shutdown_timeout:g}s"
             raise DatabaseUnavailableError(
-                f"buffer {buf.worker_id!r} could not release jobs {ids} ({reason}); they return to "
+                f"buffer {buf.worker_id!r} could not release {_some_ids(held)} ({reason}); they return to "
                 f"pending when their lease expires (at most {cfg.lease:g}s)"
             ) from failure
         if failure is not None or deadline.cancelled_caught:
             log.warning("jobbuf buffer %r: deregistration failed: %s", buf.worker_id, failure or "timeout")
+
+
+def _some_ids(jobs: list[Job], shown: int = 20) -> str:
+    """``jobs [1, 2, 3]``, or the first ``shown`` ids and how many more (a buffer may hold thousands)."""
+    ids = sorted({j.id for j in jobs})
+    if len(ids) <= shown:
+        return f"jobs {ids}"
+    return f"{len(ids)} jobs ({', '.join(map(str, ids[:shown]))} and {len(ids) - shown} more)"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from ._acks import AckBatcher
 from ._buffer import JobBuffer
 from ._errors import BufferClosedError, ConfigError, JobbufError
 from ._job import Job
@@ -43,7 +45,8 @@ async def run_workers(
 
     On cancellation a running handler is cancelled and its job released (not failed: it
     did not fail, it was interrupted); a handler that already returned still gets its ack.
-    Both are shielded and bounded by ``config.shutdown_timeout``. An ack the database
+    Both are shielded, and all of this cleanup ends within one ``config.shutdown_timeout``
+    from when it began (what is left is released or flushed when the buffer exits). An ack the database
     rejects (lease lost, counted in ``stats().lease_lost``) or cannot take (logged; the
     job is named if the exit cannot release it) does not stop the workers: the job is then
     delivered again, which at-least-once allows.
@@ -53,21 +56,47 @@ async def run_workers(
     if job_timeout is not None and (isinstance(job_timeout, bool) or not job_timeout > 0):
         raise ConfigError(f"job_timeout={job_timeout!r} is invalid: pass seconds > 0, or None for no limit")
     acks = buf._acks
-    async with trio.open_nursery() as pump:
-        # Workers queue their acks and move on; the pump leads the (pipelined) flushes.
-        pump.start_soon(acks.pump)
-        try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(_worker, buf, handler, job_timeout)
-        finally:
-            # Stopped or cancelled: acks of handlers that returned still land.
-            with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
-                await acks.drain()
-            pump.cancel_scope.cancel()
+    cleanup = _Cleanup(buf.config.shutdown_timeout, acks)
+    try:
+        async with trio.open_nursery() as pump:
+            # Workers queue their acks and move on; the pump leads the (pipelined) flushes.
+            pump.start_soon(acks.pump)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(concurrency):
+                        nursery.start_soon(_worker, buf, handler, job_timeout, cleanup)
+            finally:
+                # Stopped or cancelled: acks of handlers that returned still land.
+                with cleanup.scope():
+                    await acks.drain()
+                pump.cancel_scope.cancel()
+    finally:
+        cleanup.close()
 
 
-async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -> None:
+class _Cleanup:
+    """One deadline for all of a ``run_workers``' cleanup, fixed when the first part of it
+    starts: the releases of cancelled handlers' jobs, the final ack flush and any flush
+    the pump starts meanwhile share it."""
+
+    def __init__(self, seconds: float, acks: AckBatcher) -> None:
+        self._seconds = seconds
+        self._acks = acks
+        self._deadline = math.inf
+
+    def scope(self) -> trio.CancelScope:
+        """A shielded scope that ends at the cleanup's deadline."""
+        if self._deadline == math.inf:
+            self._deadline = trio.current_time() + self._seconds
+            self._acks.add_cutoff(self._deadline)
+        return trio.CancelScope(shield=True, deadline=self._deadline)
+
+    def close(self) -> None:
+        if self._deadline != math.inf:
+            self._acks.remove_cutoff(self._deadline)
+
+
+async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None, cleanup: _Cleanup) -> None:
     # After each take_job (a checkpoint), a worker goes on with jobs already buffered for
     # up to BURST seconds without a scheduling point: a task switch per job costs more
     # than a no-op job. It cannot strand a job: from the pop to the handler nothing can
@@ -80,15 +109,15 @@ async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None) -
             job = await buf.take_job()
             if job is None:
                 continue
-            await _run_one(buf, handler, job, job_timeout)
+            await _run_one(buf, handler, job, job_timeout, cleanup)
             until = clock() + BURST
             while clock() < until and (job := pop()) is not None:
-                await _run_one(buf, handler, job, job_timeout)
+                await _run_one(buf, handler, job, job_timeout, cleanup)
     except BufferClosedError:
         return
 
 
-async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None) -> None:
+async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: float | None, cleanup: _Cleanup) -> None:
     # The hot path: no cancel scope per job unless a timeout is asked for, and no wait
     # for the ack.
     error: BaseException | str | None = None
@@ -100,7 +129,7 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
     except Exception as exc:
         error = exc
     except BaseException:  # cancelled (shutdown): the job goes back, unprocessed
-        with trio.CancelScope(shield=True, relative_deadline=buf.config.shutdown_timeout):
+        with cleanup.scope():
             await _quietly(buf.release(job), job)
         raise
     try:

@@ -611,3 +611,89 @@ async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.tes
         with pytest.raises(TypeError, match="Job objects"):
             buf.offer_jobs([good, {"id": 2}])  # type: ignore[list-item]
         assert (buf.depth, buf.stats().offered) == (0, 0)
+
+
+class GoneSource(MemoryJobSource):
+    """Answers until ``gone`` is set; from then on every call hangs (a blackholed server)."""
+
+    gone = False
+
+    async def _enter(self, method: str) -> Any:
+        if self.gone:
+            await trio.sleep_forever()
+        return await super()._enter(method)
+
+
+async def test_exit_with_the_database_gone_takes_one_shutdown_timeout_not_one_per_phase(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: claims in flight waited shutdown_timeout, then the exit's flush and
+    # release waited shutdown_timeout again (2x here).
+    source = GoneSource()
+    await source.enqueue_many("default", list(range(100)))
+    cfg = BufferConfig(capacity=60, low_water=50, batch_size=20, shutdown_timeout=1.0)
+    with pytest.raises(DatabaseUnavailableError, match=r"could not release 60 jobs \(1, 2, .* and 40 more\)"):
+        with trio.move_on_after(0.5):
+            async with open_job_buffer(source, "w", cfg) as buf:
+                await trio.sleep(0.1)
+                assert buf.depth == 60
+                source.gone = True
+                for _ in range(30):  # below low water: claims start, and hang
+                    assert await buf.take_job() is not None
+                await trio.sleep(0.1)
+                assert buf._claiming > 0
+                await trio.sleep_forever()
+    assert trio.current_time() == pytest.approx(0.5 + 1.0)
+
+
+async def test_stop_with_a_claim_hanging_returns_within_shutdown_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    source = GoneSource()
+    await source.enqueue_many("default", list(range(5)))
+    async with open_job_buffer(source, "w", BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0)) as buf:
+        await trio.sleep(0.1)
+        assert [await buf.take_job() for _ in range(3)]
+        source.gone = True
+        await trio.sleep(0.1)  # a claim is in flight, and hangs; so will the release
+        started = trio.current_time()
+        assert len(await buf.stop()) == 2
+        assert trio.current_time() - started == pytest.approx(1.0)
+        source.gone = False  # back before the exit: everything is released
+    assert {s.status for s in await source.job_states()} == {"pending"}
+
+
+async def test_acks_after_stop_land_at_exit_however_long_after(autojump_clock: trio.testing.MockClock) -> None:
+    # stop() fixes a deadline for its own wait; the exit, much later, gets a new one.
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(3)))
+    async with open_job_buffer(source, "w", BufferConfig(shutdown_timeout=1.0)) as buf:
+        job = await buf.take_job()
+        assert job is not None
+        assert len(await buf.stop()) == 2
+        await trio.sleep(10)
+        await buf.complete(job)
+    assert [s.status for s in await source.job_states()] == ["pending", "pending"]
+    assert buf.stats().completed == 1
+
+
+async def test_run_workers_cleanup_and_the_exit_take_at_most_two_shutdown_timeouts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: releases of cancelled handlers' jobs, then the final ack flush, then a
+    # flush the pump started late, then the exit each waited their own shutdown_timeout.
+    source = GoneSource()
+    await source.enqueue_many("default", list(range(200)))
+    cfg = BufferConfig(capacity=100, low_water=90, batch_size=10, shutdown_timeout=1.0)
+
+    async def handler(job: Job) -> None:
+        await trio.sleep(0.05)
+
+    with pytest.raises(DatabaseUnavailableError, match="could not release"):
+        with trio.move_on_after(0.3):
+            async with open_job_buffer(source, "w", cfg) as buf, trio.open_nursery() as nursery:
+                nursery.start_soon(partial(run_workers, buf, handler, concurrency=20))
+                await trio.sleep(0.2)
+                assert buf.stats().completed > 0
+                source.gone = True
+    assert trio.current_time() <= 0.3 + 2 * 1.0 + 1e-9
