@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import random
 import traceback
 
 import trio
 
+from . import _jitter
 from ._acks import AckBatcher
 from ._config import BufferConfig
 from ._errors import BufferClosedError, ConfigError, DatabaseUnavailableError, LeaseLostError
@@ -60,7 +60,7 @@ class AckMethods:
         """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,
         then "equal jitter": a uniform value in ``[d/2, d]``."""
         d = min(self.config.retry_max, self.config.retry_base * 2.0 ** min(max(attempts - 1, 0), 60))
-        return random.uniform(d / 2, d)
+        return _jitter.uniform(d / 2, d)
 
     async def release(self, job: Job) -> bool:
         """Give a taken job back to the source unprocessed (attempt given back). Returns

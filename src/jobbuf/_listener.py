@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Collection
 from itertools import count
 from typing import Any
@@ -13,6 +12,8 @@ import trio
 import trio_asyncio
 
 from jobbuf_monitor.embedded import redact_dsn
+
+from . import _jitter
 
 __all__ = ["Listener"]
 
@@ -104,7 +105,7 @@ class Listener:
                 self.last_error = redact_dsn(f"{type(exc).__name__}: {exc}")
                 log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
             report_started()
-            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            await trio.sleep(delay * _jitter.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
             self.reconnects += 1
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from typing import TYPE_CHECKING
 
 import trio
+
+from . import _jitter
 
 if TYPE_CHECKING:
     from ._buffer import JobBuffer
@@ -18,8 +19,8 @@ log = logging.getLogger("jobbuf.buffer")
 ERROR_BACKOFF_MAX = 5.0
 
 
-def _jitter(seconds: float, spread: float = 0.1) -> float:
-    return seconds * random.uniform(1 - spread, 1 + spread)
+def _jittered(seconds: float, spread: float = 0.1) -> float:
+    return seconds * _jitter.uniform(1 - spread, 1 + spread)
 
 
 MAX_CLAIMS = 4
@@ -79,7 +80,7 @@ class _Poller:
 
     async def _claim_round(self, claims: trio.Nursery) -> None:
         buf = self.buf
-        self.next_poll = trio.current_time() + _jitter(buf.config.poll_interval)
+        self.next_poll = trio.current_time() + _jittered(buf.config.poll_interval)
         while not buf._stopping and self.in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
             if self.probing and self.in_flight:
                 break  # an idle queue gets one claim per wake-up, not MAX_CLAIMS
@@ -108,7 +109,7 @@ class _Poller:
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
         self.buf._record_error("poll", exc)
-        backoff = _jitter(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (self.failures - 1)), 0.5)
+        backoff = _jittered(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (self.failures - 1)), 0.5)
         self.retry_at = trio.current_time() + backoff
         self.buf._wake.set()  # the loop's next sleep ends at retry_at
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from datetime import datetime
@@ -21,6 +20,7 @@ import trio
 
 from jobbuf_monitor.embedded import redact_dsn
 
+from . import _jitter
 from ._config import check_identifier
 from ._connections import Connections
 from ._errors import DatabaseUnavailableError, SchemaError
@@ -136,7 +136,7 @@ class PostgresJobSource:
                     raise DatabaseUnavailableError(f"database unavailable at {self.dsn}: {reason(exc)}") from None
                 log.warning("database unavailable at %s (%s); retrying", self.dsn, reason(exc))
             # Backoff with jitter, the last sleep cut to the deadline: one more try at it.
-            await trio.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
+            await trio.sleep(min(delay * _jitter.uniform(0.5, 1.5), remaining))
             delay = min(delay * 2, 1.0)
 
     def _schema_fix(self, problem: str) -> str:

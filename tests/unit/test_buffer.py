@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -485,6 +486,17 @@ async def test_fail_uses_backoff_in_virtual_time(autojump_clock: trio.testing.Mo
     assert 900 <= attempts[1] - attempts[0] <= 1800 + 61
     assert 1800 <= attempts[2] - attempts[1] <= 3600 + 61
     assert await source.job_states([job_id]) == []
+
+
+def test_retry_jitter_does_not_follow_the_programs_random_seed() -> None:
+    # Regression: jitter drew from the global random, so processes that all seed it alike
+    # retried in lockstep after an outage.
+    buf = JobBuffer(MemoryJobSource(), "w")
+    delays = []
+    for _ in range(2):
+        random.seed(0)
+        delays.append(buf.retry_delay(10))
+    assert delays[0] != delays[1]
 
 
 async def test_start_failure_surfaces_at_once_as_itself(autojump_clock: trio.testing.MockClock) -> None:
