@@ -320,6 +320,36 @@ async def test_connection_killed_under_a_query_is_retried_not_leaked_as_internal
             await source._call(other_bug, retry=True)  # a real driver bug is not masked
 
 
+async def test_a_connection_terminated_under_a_query_is_dropped_not_reused(pg: Pg) -> None:
+    # The FATAL error of a terminated backend (AdminShutdownError) is a PostgresError,
+    # which otherwise means "the server refused a statement; the connection is fine".
+    # Connections.run drops the connection on a FATAL error and on a closed socket (here
+    # asyncpg has seen the socket close by then; the test fails if neither is checked).
+    source, dsn = pg
+    pids: list[int] = []
+
+    async def sleeps(conn: Any) -> None:
+        pids.append(conn.get_server_pid())
+        await conn.execute("SELECT pg_sleep(30)")
+
+    async def one(conn: Any) -> int:
+        return int(await conn.fetchval("SELECT 1"))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def kill_it() -> None:
+                await wait_until(lambda: bool(pids))
+                await sql(dsn, "SELECT pg_terminate_backend($1)", pids[0])
+
+            nursery.start_soon(kill_it)
+            with pytest.raises(DatabaseUnavailableError, match="terminat"):
+                await source._call(sleeps)
+        assert pids[0] not in {conn.get_server_pid() for conn in source._durable._idle}
+        for _ in range(3):  # not retried: each must get a live connection at once
+            assert await source._call(one) == 1
+
+
 async def _is_zero(n: Any) -> bool:
     return await n == 0
 
