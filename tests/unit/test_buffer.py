@@ -423,6 +423,36 @@ async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock
     assert await source.job_states() == []
 
 
+async def test_complete_cancelled_just_as_its_flush_ends_is_counted_in_either_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The flush carrying c's ack (led by b) ends at the very moment c is cancelled, so
+    # both are runnable in one scheduling batch, which trio runs in either order: c sees
+    # its cancellation before the flush ended, or after (then submit reports the outcome
+    # itself). A hundred rounds make each order all but certain; each must count the ack.
+    class AppliesThenAnswers(MemoryJobSource):  # no scheduling point after the sleep
+        async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
+            outcomes = await super().ack(acks, default_max_attempts=default_max_attempts)
+            await trio.sleep(1)
+            return outcomes
+
+    for _ in range(100):
+        source = AppliesThenAnswers()
+        await source.enqueue_many("default", [1, 2, 3])
+        async with open_job_buffer(source, "w") as buf:
+            a, b, c = [await buf.take_job() for _ in range(3)]
+            assert a and b and c
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(buf.complete, a)  # the first flush: start .. start + 1
+                await trio.sleep(0.1)
+                nursery.start_soon(buf.complete, b)  # b and c form the next flush: .. start + 2
+                with trio.move_on_at(start + 2):
+                    await buf.complete(c)
+            assert buf.stats().completed == 3
+        assert await source.job_states() == []
+
+
 async def test_ack_after_lease_lost_raises(autojump_clock: trio.testing.MockClock) -> None:
     source = MemoryJobSource()
     await source.enqueue("default", 1)
