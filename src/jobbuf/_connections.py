@@ -3,18 +3,21 @@
 asyncpg's own pool costs several asyncio task switches per acquire/release (it shields
 the release in a new task), and under trio-asyncio each switch is expensive: about 130 us
 per operation here, on the enqueue -> take latency path twice. So connections are kept
-in trio: an operation takes an idle connection (or opens one), runs as ONE
-``aio_as_trio`` hop on it (queries and transaction together), and gives it back.
+in trio: an operation takes an idle connection (or opens one), runs on it as ONE asyncio
+coroutine (queries and transaction together), stepped from the trio task by
+``_aio.run_aio``, and gives it back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
 import trio
 import trio_asyncio
+
+from ._aio import run_aio
 
 __all__ = ["Connections"]
 
@@ -48,7 +51,7 @@ class Connections:
         """Open the first connection now, so a bad DSN or a down server fails fast."""
         self._idle.append(await self._connect())
 
-    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(self, op: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         """Run ``op(connection)`` in asyncio, as one hop, on a connection of our own."""
         try:
             self._slots.acquire_nowait()  # the usual case: no scheduling point spent here
@@ -59,7 +62,7 @@ class Connections:
             self._busy.add(conn)
             reusable = False
             try:
-                result: T = await trio_asyncio.aio_as_trio(op)(conn)
+                result: T = await run_aio(op(conn))
                 reusable = True
                 return result
             except (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError):

@@ -1,8 +1,9 @@
 """``PostgresJobSource``: jobs in PostgreSQL, reached with asyncpg through trio-asyncio.
 
-Every logical operation is one ``aio_as_trio`` hop on a connection handed out on the trio
-side (``_connections``): the transaction and queries run together inside one asyncio
-coroutine, and a connection whose operation was interrupted is terminated, never reused.
+Every logical operation is one asyncio coroutine on a connection handed out on the trio
+side (``_connections``), stepped from the calling trio task (``_aio.run_aio``): the
+transaction and queries run together inside it, and a connection whose operation was
+interrupted is terminated, never reused.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -100,7 +101,7 @@ class PostgresJobSource:
     # -- plumbing --------------------------------------------------------------------------
     async def _call(
         self,
-        op: Callable[[Any], Awaitable[T]],
+        op: Callable[[Any], Coroutine[Any, Any, T]],
         *,
         retry: bool = False,
         relaxed: bool = False,

@@ -1,0 +1,90 @@
+"""``run_aio``: an asyncio coroutine stepped from a trio task (how every query runs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio_asyncio
+
+from jobbuf._aio import run_aio
+
+
+@pytest.fixture
+async def loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
+    async with trio_asyncio.open_loop() as loop:
+        yield loop
+
+
+async def test_returns_what_the_coroutine_returns_and_raises_what_it_raises(loop: asyncio.AbstractEventLoop) -> None:
+    async def answer(after: float) -> int:
+        future = loop.create_future()
+        loop.call_later(after, future.set_result, 42)
+        await asyncio.sleep(0)  # a bare yield too
+        return await future
+
+    async def fails() -> None:
+        future = loop.create_future()
+        loop.call_soon(future.set_exception, KeyError("nope"))
+        await future
+
+    with trio.fail_after(5):
+        assert await run_aio(answer(0.01)) == 42
+        with pytest.raises(KeyError, match="nope"):
+            await run_aio(fails())
+
+
+async def test_a_trio_cancellation_cancels_the_awaited_future_once_and_lets_cleanup_finish(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    seen: list[str] = []
+
+    async def query() -> None:
+        try:
+            await loop.create_future()  # never resolved: only a cancellation ends it
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            cleanup = loop.create_future()
+            loop.call_later(0.05, cleanup.set_result, None)
+            await cleanup  # not cancelled again, although the trio scope still is
+            seen.append("cleaned up")
+            raise
+
+    with trio.fail_after(5):
+        with trio.move_on_after(0.05) as scope:
+            await run_aio(query())
+        assert scope.cancelled_caught  # the CancelledError came out as trio's Cancelled
+    assert seen == ["cancelled", "cleaned up"]
+
+
+async def test_an_asyncio_cancellation_that_is_not_ours_passes_through(loop: asyncio.AbstractEventLoop) -> None:
+    async def cancelled_elsewhere() -> None:
+        future = loop.create_future()
+        loop.call_soon(future.cancel)
+        await future
+
+    with trio.fail_after(5), pytest.raises(asyncio.CancelledError):
+        await run_aio(cancelled_elsewhere())
+
+
+async def test_a_coroutine_yielding_something_else_gets_an_error_and_is_closed(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    closed = False
+
+    class Odd:
+        def __await__(self):  # type: ignore[no-untyped-def]
+            yield "not a future"
+
+    async def odd() -> None:
+        nonlocal closed
+        try:
+            await Odd()
+        finally:
+            closed = True
+
+    with trio.fail_after(5), pytest.raises(RuntimeError, match="not an asyncio future"):
+        await run_aio(odd())
+    assert closed
