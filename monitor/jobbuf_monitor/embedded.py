@@ -9,13 +9,27 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["LOCAL_DSN", "cli_dsn", "data_dir", "embedded_dsn", "redact_dsn", "server_answers", "test_dsn"]
+__all__ = [
+    "LOCAL_DSN",
+    "EmbeddedServerUnavailableError",
+    "cli_dsn",
+    "data_dir",
+    "embedded_dsn",
+    "redact_dsn",
+    "server_answers",
+    "test_dsn",
+]
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 """The local development server this project's tests use when it answers."""
+
+
+class EmbeddedServerUnavailableError(Exception):
+    """No DSN was given and the embedded server cannot be started here (no pgserver)."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -36,7 +50,14 @@ def embedded_dsn(pgdata: Path | None = None) -> str:
     The server keeps its data under ``pgdata`` (default: ``data_dir() / "pgdata"``) and is
     stopped when the last process that started it exits. Cold start takes about a second.
     """
-    import pgserver  # imported late: it is only needed when no server is configured
+    try:
+        import pgserver  # imported late: it is only needed when no server is configured
+    except ImportError:
+        raise EmbeddedServerUnavailableError(
+            "no PostgreSQL server was given, and the embedded one needs the pgserver package, "
+            f"which is not installed{' (it has no build for Python 3.13)' if sys.version_info >= (3, 13) else ''}: "
+            "give a DSN (--dsn or $JOBBUF_DSN; $JOBBUF_TEST_DSN for tests)"
+        ) from None
 
     path = pgdata or data_dir() / "pgdata"
     path.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from jobbuf_monitor.embedded import cli_dsn, redact_dsn
+from jobbuf_monitor.embedded import EmbeddedServerUnavailableError, cli_dsn, redact_dsn
 
 from ._config import check_identifier
 from ._errors import JobbufError
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         dsn = cli_dsn(args.dsn)
         trio.run(_run, args, dsn)
-    except (JobbufError, ValueError, OSError) as exc:
+    except (JobbufError, ValueError, OSError, EmbeddedServerUnavailableError) as exc:
         message = redact_dsn(str(exc)) if dsn else str(exc)
         print(f"jobbuf: error: {message}", file=sys.stderr)
         return 2

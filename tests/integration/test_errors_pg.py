@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -101,6 +102,22 @@ def test_cli_errors_are_one_line_exit_2(jobbuf_dsn: str, argv: list[str], expect
     assert result.stderr.count("\n") == 1, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize("program", ["jobbuf", "jobbuf_monitor"])
+def test_no_dsn_and_no_pgserver_is_one_line_naming_the_fix(tmp_path: Path, program: str) -> None:
+    # On Python 3.13 pgserver has no build, so the embedded server cannot start there.
+    (tmp_path / "pgserver.py").write_text("raise ImportError('no pgserver here')\n")
+    paths = [str(tmp_path), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    env = {k: v for k, v in os.environ.items() if k != "JOBBUF_DSN"}
+    result = subprocess.run(
+        [sys.executable, "-m", program, "status" if program == "jobbuf" else "--once"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**env, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "needs the pgserver package" in result.stderr and "--dsn" in result.stderr
 
 
 @dataclass

@@ -5,7 +5,8 @@ Fixtures:
 
 - ``jobbuf_dsn`` (session): the PostgreSQL to test against: ``$JOBBUF_TEST_DSN``, else
   the local server at ``postgresql://postgres@127.0.0.1:5432/test`` if it answers, else an
-  embedded server (started once per session; needs the ``pgserver`` wheel).
+  embedded server (started once per session; needs the ``pgserver`` package, which has no
+  build for Python 3.13).
 - ``memory_source``: a fresh :class:`~jobbuf.MemoryJobSource` (pair it with pytest-trio's
   ``autojump_clock`` for virtual time).
 - ``postgres_source``: a :class:`~jobbuf.PostgresJobSource` on a fresh, migrated schema
