@@ -51,8 +51,12 @@ class Connections:
         """Open the first connection now, so a bad DSN or a down server fails fast."""
         self._idle.append(await self._connect())
 
-    async def run(self, op: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-        """Run ``op(connection)`` in asyncio, as one hop, on a connection of our own."""
+    async def run(self, op: Callable[[Any], Coroutine[Any, Any, T]], *, in_task: bool = False) -> T:
+        """Run ``op(connection)`` in asyncio, as one hop, on a connection of our own.
+
+        ``in_task`` runs it in an asyncio Task (``aio_as_trio``), which an op that may await
+        after a cancellation needs (a transaction's rollback: see ``_aio.run_aio``); other
+        ops are stepped from this trio task, which costs less."""
         try:
             self._slots.acquire_nowait()  # the usual case: no scheduling point spent here
         except trio.WouldBlock:
@@ -62,7 +66,7 @@ class Connections:
             self._busy.add(conn)
             reusable = False
             try:
-                result: T = await run_aio(op(conn))
+                result: T = await (trio_asyncio.aio_as_trio(op)(conn) if in_task else run_aio(op(conn)))
                 reusable = True
                 return result
             except (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError):

@@ -106,6 +106,7 @@ class PostgresJobSource:
         retry: bool = False,
         relaxed: bool = False,
         timeout: float | None = None,
+        in_task: bool = False,
     ) -> T:
         """Run ``op(connection)`` as one asyncio hop, mapping driver errors to jobbuf errors.
 
@@ -113,6 +114,7 @@ class PostgresJobSource:
         flush: if the database itself crashes, a lost claim means a job is delivered again
         and a lost lease extension means it may be rescued early — both within
         at-least-once. Enqueues, acks and releases always wait: they are durable.
+        ``in_task`` is for an ``op`` that opens a transaction (see ``Connections.run``).
         """
         connections = self._relaxed if relaxed else self._durable
         limit = self._operation_timeout if timeout is None else timeout
@@ -124,7 +126,7 @@ class PostgresJobSource:
                 # forever: past operation_timeout the attempt is abandoned (its connection
                 # is terminated) and counts as a lost connection.
                 with trio.move_on_after(limit):
-                    return await connections.run(op)
+                    return await connections.run(op, in_task=in_task)
                 raise TimeoutError(f"no answer within {limit:g}s")
             except MISSING_SCHEMA as exc:
                 problem = f"schema {self.schema!r} is missing or incomplete ({exc})"
@@ -169,7 +171,8 @@ class PostgresJobSource:
                         applied.append(version)
                 return applied
 
-        return await self._call(op, timeout=math.inf)  # a migration may take long
+        # A migration may take long; its transaction's rollback on cancellation needs a Task.
+        return await self._call(op, timeout=math.inf, in_task=True)
 
     async def check_schema(self) -> int:
         """Return the schema version; raise :class:`SchemaError` naming the fix if it is not usable."""

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import trio
 
 from jobbuf import ConfigError, DatabaseUnavailableError, SchemaError, open_postgres_source
+from jobbuf._sql import Statements
 from jobbuf.testing.plugin import drop_schema, fresh_schema_name
 from pg_helpers import _run_sql
 
@@ -70,6 +74,40 @@ async def test_missing_schema_hint_never_shows_a_redacted_dsn(jobbuf_dsn: str) -
     message = str(info.value)
     assert f"jobbuf migrate --dsn <your DSN> --schema {schema}" in message
     assert "hunter2" not in message
+
+
+async def test_migrate_cancelled_while_another_migrates_is_a_plain_cancellation(jobbuf_dsn: str) -> None:
+    # Regression: a cancelled migration's transaction awaits a ROLLBACK after the
+    # cancellation, which asyncpg runs under asyncio.timeout: with no asyncio Task around
+    # the query that raised RuntimeError ("Timeout should be used inside a task").
+    schema = fresh_schema_name()
+    held, done = threading.Event(), threading.Event()
+
+    def hold_the_migration_lock() -> None:
+        async def hold() -> None:
+            conn = await asyncpg.connect(jobbuf_dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute(Statements(schema).migrate_lock(), schema)
+                    held.set()
+                    while not done.is_set():
+                        await asyncio.sleep(0.01)
+            finally:
+                await conn.close()
+
+        asyncio.run(hold())
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, hold_the_migration_lock)
+            try:
+                assert await trio.to_thread.run_sync(held.wait, 10)
+                with trio.move_on_after(0.5) as waited:
+                    async with open_postgres_source(jobbuf_dsn, schema=schema, migrate=True):
+                        pytest.fail("migrated although another migrator holds the lock")
+            finally:
+                done.set()
+    assert waited.cancelled_caught
 
 
 @pytest.mark.parametrize("schema", ["", "1abc", "a-b", 'x"; DROP TABLE y; --', "a" * 49])

@@ -69,22 +69,55 @@ async def test_an_asyncio_cancellation_that_is_not_ours_passes_through(loop: asy
         await run_aio(cancelled_elsewhere())
 
 
-async def test_a_coroutine_yielding_something_else_gets_an_error_and_is_closed(
+async def test_a_cancellation_that_finds_the_future_already_done_still_cancels_the_coroutine(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    closed = False
+    # Regression: a trio cancellation that arrived after the awaited future was done (its
+    # callback not yet run) was used up without cancelling anything, and the coroutine's
+    # next await (a second query, say, to a server that no longer answers) hung for good.
+    # asyncio's Task throws CancelledError in at the next step instead; so does run_aio.
+    first = loop.create_future()
+    seen: list[str] = []
+
+    async def two_queries() -> None:
+        try:
+            await first
+            # Never answered. With the bug no trio cancellation could end this wait, so
+            # the loop fails it after 2 s: the test then fails instead of hanging.
+            never = loop.create_future()
+            loop.call_later(2, never.set_exception, TimeoutError("not cancelled"))
+            await never
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def answer_then_cancel(scope: trio.CancelScope) -> None:
+        await trio.sleep(0.01)
+        first.set_result(None)  # done; its callback only scheduled on the loop
+        scope.cancel()  # in the same scheduling batch
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(answer_then_cancel, scope)
+                await run_aio(two_queries())
+    assert scope.cancelled_caught and seen == ["cancelled"]
+
+
+async def test_a_coroutine_yielding_something_else_gets_an_error_thrown_in(loop: asyncio.AbstractEventLoop) -> None:
+    thrown: list[BaseException] = []
 
     class Odd:
         def __await__(self):  # type: ignore[no-untyped-def]
             yield "not a future"
 
     async def odd() -> None:
-        nonlocal closed
         try:
             await Odd()
-        finally:
-            closed = True
+        except RuntimeError as exc:
+            thrown.append(exc)
+            raise
 
     with trio.fail_after(5), pytest.raises(RuntimeError, match="not an asyncio future"):
         await run_aio(odd())
-    assert closed
+    assert len(thrown) == 1  # raised inside the coroutine, where the odd value was yielded
