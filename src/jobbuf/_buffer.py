@@ -86,8 +86,9 @@ class JobBuffer(AckMethods):
         self._worker: WorkerInfo | None = None
         self._leases_extended_at = -math.inf  # trio time of the last successful extension
         self._claiming = 0  # rows asked for by claims in flight
-        # Fixed when stopping begins (see _fix_exit_deadline): claims in flight end before
-        # it, and the cleanup after them shares it, so their timeouts do not add up.
+        # Fixed when run is cancelled (see _fix_exit_deadline_when_cancelled): the claims
+        # then in flight end before it, and the shutdown after them ends by it, so their
+        # timeouts do not add up.
         self._exit_deadline = math.inf
 
     # -- the contract's read-only view ---------------------------------------------------
@@ -175,17 +176,13 @@ class JobBuffer(AckMethods):
     async def _fix_exit_deadline_when_cancelled(self) -> None:
         # run's tasks end only when it is cancelled (or one of them fails): that is when the
         # exit begins, while claims may still be in flight (shielded, so nothing else
-        # notices the cancellation until they land).
+        # notices the cancellation until they land). Each claim is bounded by
+        # shutdown_timeout from its start, so those in flight end before this deadline,
+        # and the shutdown after them (flush, release, deregistration) ends by it.
         try:
             await trio.sleep_forever()
         finally:
-            self._fix_exit_deadline()
-
-    def _fix_exit_deadline(self) -> None:
-        """Stopping begins: what follows (stop's drain, or the exit's flush, release and
-        deregistration) ends within one ``shutdown_timeout`` from now. Claims in flight,
-        bounded by ``shutdown_timeout`` from when they started, end before that."""
-        self._exit_deadline = trio.current_time() + self.config.shutdown_timeout
+            self._exit_deadline = trio.current_time() + self.config.shutdown_timeout
 
     async def _run_poller(self) -> None:
         try:
@@ -215,7 +212,8 @@ class JobBuffer(AckMethods):
             return []
         self._state = "stopped"
         self._stopping = True
-        self._fix_exit_deadline()
+        # The same budget as the exit's: claims in flight end before it (see above).
+        deadline = trio.current_time() + self.config.shutdown_timeout
         self._wake.set()
         self._takers.unpark_all()
         returned = False
@@ -227,11 +225,11 @@ class JobBuffer(AckMethods):
             # Also when stop() itself is cancelled: the buffer must not keep jobs it will
             # never hand out. A caller that is cancelled cannot receive them, so then they
             # are released even with release=False.
-            jobs = await self._drain(release=release or not returned)
+            jobs = await self._drain(release=release or not returned, deadline=deadline)
         return jobs
 
-    async def _drain(self, *, release: bool) -> list[Job]:
-        with trio.CancelScope(shield=True, deadline=self._exit_deadline):
+    async def _drain(self, *, release: bool, deadline: float) -> list[Job]:
+        with trio.CancelScope(shield=True, deadline=deadline):
             if self._poller_scope is not None:
                 self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
                 await self._poller_done.wait()

@@ -39,8 +39,10 @@ async def shutdown(buf: JobBuffer) -> None:
     held += [job for job in buf._unconfirmed.values() if job.id not in known]
     foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
     failure: BaseException | None = None
+    exit_deadline = min(buf._exit_deadline, trio.current_time() + cfg.shutdown_timeout)
+    buf._acks.add_cutoff(exit_deadline)  # a flush the drain leads must end by it too
     with trio.CancelScope(shield=True):
-        with trio.CancelScope(deadline=min(buf._exit_deadline, trio.current_time() + cfg.shutdown_timeout)) as deadline:
+        with trio.CancelScope(deadline=exit_deadline) as deadline:
             try:
                 await buf._acks.drain()  # acks already submitted land before the release
                 buf._entries.clear()
@@ -55,9 +57,12 @@ async def shutdown(buf: JobBuffer) -> None:
                 await source.deregister(instance)
             except Exception as exc:
                 failure = exc
+            finally:
+                buf._acks.remove_cutoff(exit_deadline)
         buf._state = "closed"
         if held and (failure is not None or deadline.cancelled_caught):
-            reason = f"{failure}" if failure is not None else f"no answer within {cfg.shutdown_timeout:g}s"
+            timed_out = f"no answer within shutdown_timeout ({cfg.shutdown_timeout:g}s)"
+            reason = f"{failure}" if failure is not None else timed_out
             raise DatabaseUnavailableError(
                 f"buffer {buf.worker_id!r} could not release {_some_ids(held)} ({reason}); they return to "
                 f"pending when their lease expires (at most {cfg.lease:g}s)"

@@ -705,18 +705,67 @@ async def test_stop_with_a_claim_hanging_returns_within_shutdown_timeout(
     assert {s.status for s in await source.job_states()} == {"pending"}
 
 
-async def test_acks_after_stop_land_at_exit_however_long_after(autojump_clock: trio.testing.MockClock) -> None:
-    # stop() fixes a deadline for its own wait; the exit, much later, gets a new one.
+async def test_a_late_exit_after_stop_still_gets_its_whole_shutdown_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # stop() bounds its own wait; the exit, long after, gets a deadline of its own: the
+    # ack queued at exit is flushed and the job still held is released, with no error.
     source = MemoryJobSource()
-    await source.enqueue_many("default", list(range(3)))
+    await source.enqueue_many("default", list(range(4)))
     async with open_job_buffer(source, "w", BufferConfig(shutdown_timeout=1.0)) as buf:
-        job = await buf.take_job()
-        assert job is not None
+        done, held = await buf.take_job(), await buf.take_job()
+        assert done is not None and held is not None
         assert len(await buf.stop()) == 2
         await trio.sleep(10)
-        await buf.complete(job)
-    assert [s.status for s in await source.job_states()] == ["pending", "pending"]
+        buf._ack_soon(Ack(done))  # queued (as run_workers leaves it), flushed by the exit
+    states = {s.id: s.status for s in await source.job_states()}
+    assert done.id not in states and states[held.id] == "pending"
     assert buf.stats().completed == 1
+
+
+async def test_an_ack_queued_when_the_exit_begins_is_flushed_by_the_exit_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: a claim in flight delayed the shutdown, whose drain then led a flush of
+    # the queued ack with a deadline of its own, past the exit's.
+    source = GoneSource()
+    await source.enqueue_many("default", list(range(10)))
+    cfg = BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0)
+    with pytest.raises(DatabaseUnavailableError, match="could not release"):
+        with trio.move_on_after(0.5):
+            async with open_job_buffer(source, "w", cfg) as buf:
+                await trio.sleep(0.1)
+                jobs = [await buf.take_job() for _ in range(3)]
+                source.gone = True
+                await trio.sleep(0.1)  # a claim is in flight, and hangs
+                assert buf._claiming > 0 and jobs[0] is not None
+                buf._ack_soon(Ack(jobs[0]))
+                await trio.sleep_forever()
+    assert trio.current_time() == pytest.approx(0.5 + 1.0)
+
+
+async def test_stop_called_during_the_exit_does_not_push_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    source = GoneSource()
+    await source.enqueue_many("default", list(range(10)))
+    cfg = BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0)
+    buffers: list[JobBuffer] = []
+
+    async def stop_later() -> None:
+        await trio.sleep(1.0)  # the exit began at 0.5, its claim is still in flight
+        assert buffers[0].running
+        with trio.CancelScope(shield=True):
+            await buffers[0].stop()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_later)
+        with pytest.raises(DatabaseUnavailableError, match="could not release"), trio.move_on_after(0.5):
+            async with open_job_buffer(source, "w", cfg) as buf:
+                buffers.append(buf)
+                await trio.sleep(0.1)
+                assert [await buf.take_job() for _ in range(3)]
+                source.gone = True
+                await trio.sleep_forever()
+        assert trio.current_time() == pytest.approx(0.5 + 1.0)
 
 
 async def test_run_workers_cleanup_and_the_exit_take_at_most_two_shutdown_timeouts(
