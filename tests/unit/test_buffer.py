@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 from collections.abc import Sequence
@@ -527,6 +528,23 @@ def test_retry_jitter_does_not_follow_the_programs_random_seed() -> None:
         random.seed(0)
         delays.append(buf.retry_delay(10))
     assert delays[0] != delays[1]
+
+
+def test_retry_jitter_differs_between_forked_processes() -> None:
+    from jobbuf import _jitter
+
+    def child(out: Any) -> None:
+        out.send(_jitter.uniform(0, 1))
+
+    context = multiprocessing.get_context("fork")
+    draws = []
+    for _ in range(3):
+        mine, theirs = context.Pipe()
+        process = context.Process(target=child, args=(theirs,))
+        process.start()
+        draws.append(mine.recv())
+        process.join(10)
+    assert len(set(draws)) == 3
 
 
 async def test_start_failure_surfaces_at_once_as_itself(autojump_clock: trio.testing.MockClock) -> None:
