@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import random
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -531,20 +533,25 @@ def test_retry_jitter_does_not_follow_the_programs_random_seed() -> None:
 
 
 def test_retry_jitter_differs_between_forked_processes() -> None:
-    from jobbuf import _jitter
-
-    def child(out: Any) -> None:
-        out.send(_jitter.uniform(0, 1))
-
-    context = multiprocessing.get_context("fork")
-    draws = []
-    for _ in range(3):
-        mine, theirs = context.Pipe()
-        process = context.Process(target=child, args=(theirs,))
-        process.start()
-        draws.append(mine.recv())
-        process.join(10)
-    assert len(set(draws)) == 3
+    # In a fresh interpreter: forking this (multi-threaded) test process would be unsafe.
+    code = textwrap.dedent(
+        """
+        import os
+        from jobbuf import _jitter
+        draws = []
+        for _ in range(3):
+            read, write = os.pipe()
+            if os.fork() == 0:
+                os.write(write, repr(_jitter.uniform(0, 1)).encode())
+                os._exit(0)
+            os.close(write)
+            draws.append(os.read(read, 100).decode())
+            os.wait()
+        print(len(set(draws)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "3", result.stderr
 
 
 async def test_start_failure_surfaces_at_once_as_itself(autojump_clock: trio.testing.MockClock) -> None:
