@@ -3,9 +3,9 @@
 ``trio_asyncio.aio_as_trio`` wraps the coroutine in an asyncio Task: the Task's first step
 is scheduled on the loop, and its end is reported through another loop callback before the
 trio task wakes. Under trio-asyncio every loop callback costs a trio scheduling round, so a
-``SELECT 1`` took about 190 us this way against 140 us stepped from the trio task itself,
-and the enqueue -> take path makes two such round trips (measured here; the README's
-benchmark section has the numbers).
+``SELECT 1`` took 172 us this way against 116 us stepped from the trio task itself (97 us
+on plain asyncio), and the enqueue -> take path makes two such round trips (measured here;
+the README's benchmark section has the numbers).
 
 :func:`run_aio` steps the coroutine in the calling trio task instead and waits, trio-side,
 for each asyncio future it blocks on. That is asyncio's own Task protocol, done by hand:

@@ -46,10 +46,10 @@ async def run_workers(
     On cancellation a running handler is cancelled and its job released (not failed: it
     did not fail, it was interrupted); a handler that already returned still gets its ack.
     Both are shielded, and all of this cleanup ends within one ``config.shutdown_timeout``
-    from when it began (what is left is released or flushed when the buffer exits). An ack the database
-    rejects (lease lost, counted in ``stats().lease_lost``) or cannot take (logged; the
-    job is named if the exit cannot release it) does not stop the workers: the job is then
-    delivered again, which at-least-once allows.
+    from when it began (what is left is released or flushed when the buffer exits). An ack
+    the database rejects (lease lost, counted in ``stats().lease_lost``) or cannot take
+    (logged; the job is named if the exit cannot release it) does not stop the workers:
+    the job is then delivered again, which at-least-once allows.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigError(f"concurrency={concurrency!r} is invalid: it must be an int >= 1")
