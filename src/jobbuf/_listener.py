@@ -14,6 +14,7 @@ import trio_asyncio
 from jobbuf_monitor.embedded import redact_dsn
 
 from . import _jitter
+from ._aio import Immediate
 
 __all__ = ["Listener"]
 
@@ -66,10 +67,11 @@ class Listener:
         return unsubscribe
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        # An asyncio callback, run synchronously inside trio by trio-asyncio. Subscribers
-        # only set a trio.Event (which coalesces bursts), so they are called right here:
-        # a hand-off through a channel and a dispatch task cost a task switch per wake-up
-        # on the enqueue -> take latency path. Nothing raises out of here (_wake logs).
+        # An asyncio callback, run synchronously inside trio by trio-asyncio: Immediate, so
+        # at once, inside asyncpg's read of the notification. Subscribers only set a
+        # trio.Event (which coalesces bursts), so they are called right here: a hand-off
+        # through a channel and a dispatch task cost a task switch per wake-up on the
+        # enqueue -> take latency path. Nothing raises out of here (_wake logs).
         self._wake(payload)
 
     def _wake(self, queue: str | None) -> None:
@@ -115,7 +117,7 @@ class Listener:
         async def connect() -> Any:
             conn = await asyncpg.connect(self._dsn, timeout=5, server_settings=self._server_settings)
             try:
-                await conn.add_listener(self._channel, self._on_notify)
+                await conn.add_listener(self._channel, Immediate(self._on_notify))
             except BaseException:
                 conn.terminate()
                 raise

@@ -13,6 +13,7 @@ import trio_asyncio
 
 from jobbuf_monitor.embedded import redact_dsn
 
+from ._aio import run_immediate_callbacks
 from ._config import check_identifier
 from ._connections import Connections
 from ._errors import ConfigError, DatabaseUnavailableError
@@ -73,6 +74,7 @@ async def open_postgres_source(
     with single_error():
         async with trio_asyncio.open_loop() as loop:
             loop.set_exception_handler(_log_loop_exception)
+            run_immediate_callbacks(loop)
             settings = _server_settings(application_name)
             durable = Connections(dsn, pool_size, connect_timeout=connect_timeout, server_settings=settings)
             relaxed = Connections(

@@ -10,7 +10,9 @@ import pytest
 import trio
 import trio.lowlevel
 
+import jobbuf._open_postgres
 from jobbuf import BufferConfig, ClaimResult, Job, JobBuffer, PostgresJobSource, open_job_buffer, run_workers
+from jobbuf._aio import Immediate, run_immediate_callbacks
 from pg_helpers import sql, statuses, wait_until
 
 Pg = tuple[PostgresJobSource, str]
@@ -104,6 +106,28 @@ async def test_enqueue_wakes_idle_buffer_before_poll_interval(pg: Pg) -> None:
                 assert job is not None
                 assert time.monotonic() - start < 2.0  # NOTIFY, not the 30 s poll
                 await buf.complete(job)
+
+
+async def test_the_sources_loop_runs_wake_ups_where_they_happen(pg: Pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    # open_postgres_source sets its trio-asyncio loop up so that run_aio's wake-ups and the
+    # listener's notifications skip a round through the loop's queue (_aio's docstring).
+    source, dsn = pg
+    loops: list[Any] = []
+
+    def spy(loop: Any) -> None:
+        loops.append(loop)
+        run_immediate_callbacks(loop)
+
+    monkeypatch.setattr(jobbuf._open_postgres, "run_immediate_callbacks", spy)
+    with trio.fail_after(20):
+        async with jobbuf.open_postgres_source(dsn, schema=source.schema) as other:
+            assert len(loops) == 1
+            seen: list[int] = []
+            loops[0].call_soon(Immediate(seen.append), 1)
+            assert seen == [1]
+            await other.enqueue("default", {"x": 1})  # queries and LISTEN work on it
+            async with open_job_buffer(other, "w", BufferConfig(poll_interval=30)) as buf:
+                assert await buf.take_job(10) is not None
 
 
 async def test_jobs_arrive_by_polling_when_listener_is_killed(pg: Pg) -> None:

@@ -1,4 +1,6 @@
-"""``run_aio``: an asyncio coroutine stepped from a trio task (how every query runs)."""
+"""``run_aio``: an asyncio coroutine stepped from a trio task (how every query runs), on a
+plain trio-asyncio loop and on one whose ``Immediate`` callbacks run at once (as jobbuf
+sets up its own: every test runs on both)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,32 @@ import pytest
 import trio
 import trio_asyncio
 
-from jobbuf._aio import run_aio
+from jobbuf._aio import Immediate, run_aio, run_immediate_callbacks
 
 
-@pytest.fixture
-async def loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
+@pytest.fixture(params=["queued", "immediate"])
+async def loop(request: pytest.FixtureRequest) -> AsyncIterator[asyncio.AbstractEventLoop]:
     async with trio_asyncio.open_loop() as loop:
+        if request.param == "immediate":
+            run_immediate_callbacks(loop)
         yield loop
+
+
+async def test_immediate_callbacks_run_at_once_and_others_are_queued_as_before() -> None:
+    seen: list[str] = []
+    async with trio_asyncio.open_loop() as loop:
+        loop.call_soon(Immediate(seen.append), "immediate, queued")  # not set up yet
+        run_immediate_callbacks(loop)
+        loop.call_soon(seen.append, "plain")
+        handle = loop.call_soon(Immediate(seen.append), "immediate")
+        assert seen == ["immediate"]  # ran inside call_soon
+        handle.cancel()  # harmless: it already ran
+        future = loop.create_future()
+        future.add_done_callback(Immediate(lambda f: seen.append(f"done: {f.result()}")))
+        future.set_result(1)
+        assert seen == ["immediate", "done: 1"]  # a future's done callback too, at once
+        await trio.sleep(0.01)
+    assert seen == ["immediate", "done: 1", "immediate, queued", "plain"]  # the loop ran the rest in order
 
 
 async def test_returns_what_the_coroutine_returns_and_raises_what_it_raises(loop: asyncio.AbstractEventLoop) -> None:
