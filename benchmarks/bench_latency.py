@@ -5,24 +5,22 @@ producer enqueues one job with ``source.enqueue`` and waits until it is taken (a
 untimed) before the next. Wake-up path: NOTIFY -> listener -> poller -> claim -> take.
 
 Cases:
-  latency  params: schema, samples
+  latency  params: schema, samples, paired (see ``common.sample_latencies``)
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import trio
 
 import jobbuf
-from common import bench_main, latency_summary
-
-WARMUP = 5
+from common import bench_main, latency_summary, sample_latencies
 
 
 async def _latency(p: dict[str, Any]) -> dict[str, Any]:
-    samples = int(p.get("samples", 200))
     async with (
         jobbuf.open_postgres_source(str(p["dsn"]), schema=str(p["schema"]), migrate=True) as source,
         jobbuf.open_job_buffer(source, "bench-latency") as buf,
@@ -36,17 +34,17 @@ async def _latency(p: dict[str, Any]) -> dict[str, Any]:
                 await send.send(time.perf_counter())
                 await buf.complete(job)
 
-        lat: list[float] = []
+        async def one() -> float:
+            t0 = time.perf_counter()
+            await source.enqueue("default", {"n": 0})
+            return await receive.receive() - t0
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(taker)
             await trio.sleep(0.2)  # the first (empty) claim has run; the buffer is idle
-            for i in range(-WARMUP, samples):
-                t0 = time.perf_counter()
-                await source.enqueue("default", {"n": i})
-                took = await receive.receive() - t0
-                if i >= 0:
-                    lat.append(took)
-                await trio.sleep(0.002)  # let the ack land: idle again
+            lat = await sample_latencies(
+                one, p, sleep=trio.sleep, read_line=lambda: trio.to_thread.run_sync(sys.stdin.readline)
+            )
             nursery.cancel_scope.cancel()
     return latency_summary(lat)
 

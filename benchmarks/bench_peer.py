@@ -10,7 +10,7 @@ Cases:
            every manager has returned, i.e. the queue is empty and status logs are flushed.
            params: schema, n, batch, qms, uvloop (default true)
   latency  an idle queue manager; ``samples`` single enqueues one at a time,
-           enqueue -> handler start. params: schema, samples, uvloop
+           enqueue -> handler start. params: schema, samples, paired, uvloop
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any
 
 import asyncpg
 
-from common import bench_main, latency_summary, log
+from common import bench_main, latency_summary, log, read_stdin_line, sample_latencies
 
 CHUNK = 5000
-WARMUP = 5
 
 
 def _configure(schema: str) -> None:
@@ -84,7 +83,6 @@ async def _drain(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _latency(p: dict[str, Any]) -> dict[str, Any]:
-    samples = int(p.get("samples", 200))
     conn, queries = await _install(p["dsn"])
     started: asyncio.Queue[float] = asyncio.Queue()
 
@@ -94,14 +92,13 @@ async def _latency(p: dict[str, Any]) -> dict[str, Any]:
     qm, pool = await _make_qm(p["dsn"], handler)
     task = asyncio.create_task(qm.run(batch_size=10))
     await asyncio.sleep(0.5)  # let it start listening
-    lat: list[float] = []
-    for i in range(-WARMUP, samples):
+
+    async def one() -> float:
         t0 = time.perf_counter()
         await queries.enqueue("noop", b"{}")
-        took = await asyncio.wait_for(started.get(), 30) - t0
-        if i >= 0:
-            lat.append(took)
-        await asyncio.sleep(0.002)
+        return await asyncio.wait_for(started.get(), 30) - t0
+
+    lat = await sample_latencies(one, p, sleep=asyncio.sleep, read_line=read_stdin_line)
     qm.shutdown.set()
     await asyncio.wait_for(task, 30)
     await pool.close()

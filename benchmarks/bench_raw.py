@@ -12,7 +12,7 @@ Cases:
   latency  the LISTEN/NOTIFY + claim floor: one connection LISTENs, on each notify a
            worker runs the claim on a second connection; a producer inserts one row and
            NOTIFYs in one statement (jobbuf's enqueue SQL). Enqueue -> claim returned,
-           ``samples`` times sequentially. params: schema, samples
+           ``samples`` times sequentially. params: schema, samples, paired
   claim    claim latency at a given table size (used by bench_scale).
 """
 
@@ -26,10 +26,9 @@ from typing import Any
 
 import asyncpg
 
-from common import bench_main, latency_summary, load_jobbuf_sql, log, migration_sql
+from common import bench_main, latency_summary, load_jobbuf_sql, log, migration_sql, read_stdin_line, sample_latencies
 
 CHUNK = 5000
-WARMUP = 5  # latency samples discarded before measuring
 
 
 def claim_sql(s: str) -> str:
@@ -108,7 +107,7 @@ async def _drain(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _latency(p: dict[str, Any]) -> dict[str, Any]:
-    schema, samples = str(p["schema"]), int(p.get("samples", 200))
+    schema = str(p["schema"])
     st = load_jobbuf_sql().Statements(schema)
     s = f'"{schema}"'
     setup = await asyncpg.connect(p["dsn"])
@@ -133,14 +132,13 @@ async def _latency(p: dict[str, Any]) -> dict[str, Any]:
     task = asyncio.create_task(work())
     task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log(f"worker died: {t.exception()!r}"))
     enqueue_sql = st.enqueue()
-    lat: list[float] = []
-    for i in range(-WARMUP, samples):
+
+    async def one() -> float:
         t0 = time.perf_counter()
-        await producer.fetch(enqueue_sql, "default", [json.dumps({"n": i})], 0, None, None, st.jobs_channel)
-        took = await got.get() - t0
-        if i >= 0:
-            lat.append(took)
-        await asyncio.sleep(0.002)  # idle between samples, as for the other systems
+        await producer.fetch(enqueue_sql, "default", ['{"n": 0}'], 0, None, None, st.jobs_channel)
+        return await got.get() - t0
+
+    lat = await sample_latencies(one, p, sleep=asyncio.sleep, read_line=read_stdin_line)
     task.cancel()
     for c in (listener, worker, producer, setup):
         await c.close()

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,6 +47,47 @@ def percentile(xs: Sequence[float], p: float) -> float:
     k = (len(s) - 1) * p / 100.0
     lo, hi = math.floor(k), math.ceil(k)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+WARMUP = 5
+"""Latency samples each process takes and discards before measuring."""
+IDLE = 0.002
+"""Seconds a latency benchmark stays idle after each sample (its ack lands meanwhile)."""
+
+
+async def sample_latencies(
+    one: Callable[[], Awaitable[float]],
+    p: dict[str, Any],
+    *,
+    sleep: Callable[[float], Awaitable[Any]],
+    read_line: Callable[[], Awaitable[str]],
+) -> list[float]:
+    """Latency samples of ``one()`` (seconds each), after ``WARMUP`` discarded ones.
+
+    Alone, it takes ``p["samples"]`` in a row. With ``p["paired"]`` it takes one per "go"
+    line on stdin and answers each with a "done" line, until "stop": ``run.py`` then takes
+    turns between the systems, one sample each per round, so that drift in the machine's
+    speed (large here) hits every system alike and the ratios compare like with like.
+    ``sleep`` and ``read_line`` are the event loop's own (trio's or asyncio's)."""
+    lat: list[float] = []
+    if p.get("paired"):
+        print("READY", flush=True)
+        while (await read_line()).strip() == "go":
+            lat.append(await one())
+            await sleep(IDLE)
+            print("done", flush=True)
+    else:
+        for _ in range(WARMUP + int(p.get("samples", 200))):
+            lat.append(await one())
+            await sleep(IDLE)
+    return lat[WARMUP:]
+
+
+async def read_stdin_line() -> str:
+    """One line of stdin, read in a thread (``read_line`` for asyncio benchmarks)."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:

@@ -21,7 +21,10 @@ Options (also ``--help``):
 
 Every benchmark runs in its own subprocess: jobbuf ones on trio (trio-asyncio), raw asyncpg
 and pgqueuer ones on plain asyncio, since importing trio_asyncio patches asyncio for the
-whole process. Each gets a fresh schema, which this driver drops when the subprocess ends
+whole process. The three latency benchmarks run at the same time, idle but for their
+turns: each round takes one sample from each, in an order that rotates, so the ratios
+compare samples taken moments apart (the machine's speed drifts by tens of percent
+between runs). Each gets a fresh schema, which this driver drops when the subprocess ends
 (even if it crashed). Results: the table on stdout and in ``benchmarks/results/latest.md``,
 everything in ``benchmarks/results/latest.json``; subprocess logs in ``results/run.log``.
 Ratios are computed from medians measured in this same run. No wall-clock number here is a
@@ -37,6 +40,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,7 +48,7 @@ from typing import Any
 
 import asyncpg
 
-from common import BENCH_DIR, DSN, RESULT_PREFIX, median, new_schema
+from common import BENCH_DIR, DSN, RESULT_PREFIX, WARMUP, median, new_schema
 from report import render
 
 RESULTS = BENCH_DIR / "results"
@@ -132,6 +136,63 @@ def run_case(plan: Plan, key: str, script: str, case: str, params: dict[str, Any
     return result
 
 
+LATENCY = (("jobbuf", "bench_latency.py"), ("raw", "bench_raw.py"), ("peer", "bench_peer.py"))
+
+
+def run_latency_paired(plan: Plan, rep: int) -> None:
+    """The three latency benchmarks at once, taking turns: each round asks every system
+    for one sample (in an order that rotates), so all of them see the same machine."""
+    t0 = time.perf_counter()
+    procs: list[tuple[str, str, subprocess.Popen[str]]] = []
+    logf = open(RESULTS / "run.log", "a")  # noqa: SIM115 - closed in finally
+    # A watchdog: a process that stops answering is killed, which ends the blocking reads.
+    watchdog = threading.Timer(plan.timeout, lambda: [proc.kill() for _, _, proc in procs])
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name, script in LATENCY:
+            params = {"samples": plan.samples, "paired": True, "dsn": plan.dsn, "schema": new_schema("lat")}
+            cmd = [sys.executable, str(BENCH_DIR / script), "latency", "--params", json.dumps(params)]
+            logf.write(f"\n$ {' '.join(cmd)}\n")
+            logf.flush()
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf, text=True)
+            procs.append((name, params["schema"], proc))
+        watchdog.start()
+        for _, _, proc in procs:
+            _expect(proc, "READY")
+        for i in range(WARMUP + plan.samples):
+            k = (i + rep) % len(procs)
+            for _, _, proc in procs[k:] + procs[:k]:
+                proc.stdin.write("go\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                _expect(proc, "done")
+        for name, _, proc in procs:
+            out, _ = proc.communicate("stop\n", timeout=plan.timeout)
+            lines = [x for x in out.splitlines() if x.startswith(RESULT_PREFIX)]
+            if proc.returncode == 0 and lines:
+                results[name] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        print(f"  latency: {exc!r}; see results/run.log", file=sys.stderr, flush=True)
+    finally:
+        watchdog.cancel()
+        for _, schema, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            asyncio.run(_drop(plan.dsn, schema))
+        logf.close()
+    for name, _, _ in procs:
+        result = {"samples": plan.samples, **results.get(name, {"error": "failed; see results/run.log"})}
+        plan.results[f"latency:{name}"].append(result)
+        brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+        print(f"  latency:{name:<24} {time.perf_counter() - t0:6.1f}s  {brief}", file=sys.stderr, flush=True)
+
+
+def _expect(proc: subprocess.Popen[str], word: str) -> None:
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    if line.strip() != word:
+        raise ValueError(f"expected {word!r} from {proc.args[1]}, got {line.strip()[:200]!r}")  # type: ignore[index]
+
+
 def cfg_key(prefix: str, cfg: dict[str, int]) -> str:
     return prefix + ":" + ",".join(f"{k}={v}" for k, v in cfg.items())
 
@@ -162,9 +223,7 @@ def one_rep(plan: Plan, rep: int, multi_cfg: dict[str, int] | None) -> dict[str,
         for cfg in plan.peer_sweep:
             run_case(plan, cfg_key("peer", cfg), "bench_peer.py", "drain", {"n": n, **cfg}, "peer")
     if "latency" in only:
-        for key, script in (("latency:jobbuf", "bench_latency.py"), ("latency:raw", "bench_raw.py"),
-                            ("latency:peer", "bench_peer.py")):  # fmt: skip
-            run_case(plan, key, script, "latency", {"samples": plan.samples}, "lat")
+        run_latency_paired(plan, rep)
     if "take" in only:
         run_case(plan, "take", "bench_take.py", "take", {}, None)
     if "memory" in only:
