@@ -1,4 +1,5 @@
-"""Raw ceiling: plain asyncpg on asyncio, no library (never imports jobbuf or trio_asyncio).
+"""Raw ceiling: plain asyncpg on asyncio, no library (never imports jobbuf; trio_asyncio
+only with ``loop="trio-asyncio"``).
 
 Cases:
   drain    N pre-enqueued rows in jobbuf's own table layout (same indexes), drained by
@@ -8,11 +9,13 @@ Cases:
            params: schema, n, batch, conns, sql ("raw", the default, or "jobbuf": the same
            loops running jobbuf's own claim and claim-guarded ack statements, claims on a
            synchronous_commit=off connection as jobbuf does: what jobbuf's SQL costs
-           without the library around it)
+           without the library around it), loop (as for latency)
   latency  the LISTEN/NOTIFY + claim floor: one connection LISTENs, on each notify a
            worker runs the claim on a second connection; a producer inserts one row and
            NOTIFYs in one statement (jobbuf's enqueue SQL). Enqueue -> claim returned,
-           ``samples`` times sequentially. params: schema, samples, paired
+           ``samples`` times sequentially. params: schema, samples, paired, loop ("asyncio",
+           the default, or "trio-asyncio": the same code on trio-asyncio's loop, as a
+           diagnostic of what the stack costs before any library)
   claim    claim latency at a given table size (used by bench_scale).
 """
 
@@ -22,6 +25,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -145,12 +149,27 @@ async def _latency(p: dict[str, Any]) -> dict[str, Any]:
     return latency_summary(lat)
 
 
+def _run(main: Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]], p: dict[str, Any]) -> dict[str, Any]:
+    if p.get("loop") == "trio-asyncio":
+        # The same code on trio-asyncio's loop, run from trio (one aio_as_trio around it
+        # all): what it costs on the stack jobbuf is built on, before any library.
+        import trio
+        import trio_asyncio
+
+        async def on_trio() -> dict[str, Any]:
+            async with trio_asyncio.open_loop():
+                return await trio_asyncio.aio_as_trio(main)(p)  # type: ignore[no-any-return]
+
+        return trio.run(on_trio)
+    return asyncio.run(main(p))
+
+
 def drain(p: dict[str, Any]) -> dict[str, Any]:
-    return asyncio.run(_drain(p))
+    return _run(_drain, p)
 
 
 def latency(p: dict[str, Any]) -> dict[str, Any]:
-    return asyncio.run(_latency(p))
+    return _run(_latency, p)
 
 
 if __name__ == "__main__":

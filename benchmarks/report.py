@@ -72,7 +72,7 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
     rows.append([f"drain, jobbuf's own SQL on plain asyncpg, no library (jobs/s) [batch={batch},conns=2]", _f(jb),
                  "", _f(own_sql), "", _f(_r(jb, own_sql), "x", 2), "(diagnostic: the SQL alone)", ""])  # fmt: skip
     lat = {k: {p: med(results, f"latency:{k}", f"{p}_ms") for p in ("p50", "p90", "p99")}
-           for k in ("jobbuf", "peer", "raw")}  # fmt: skip
+           for k in ("jobbuf", "peer", "raw", "rawtrio")}  # fmt: skip
     s["latency_ms"] = lat
     for p in ("p50", "p90", "p99"):
         j, pe, ra = lat["jobbuf"][p], lat["peer"][p], lat["raw"][p]
@@ -82,6 +82,10 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
             verdict = f"{_verdict(_check(j, '<=', 1.25 * ra))}; {_verdict(_check(j, '<=', pe) if j != pe else False)}"
         rows.append([f"latency {p}, enqueue→take (ms)", _f(j, "", 2), _f(pe, "", 2), _f(ra, "", 2),
                      _f(_r(j, pe), "x", 2), _f(_r(j, ra), "x", 2), target, verdict])  # fmt: skip
+    j, stack, floor = lat["jobbuf"]["p50"], lat["rawtrio"]["p50"], lat["raw"]["p50"]
+    rows.append(["latency p50, the floor's own code on trio-asyncio, no library (ms)", _f(j, "", 2), "",
+                 _f(stack, "", 2), "", _f(_r(j, stack), "x", 2),
+                 f"(diagnostic: the stack alone, {_f(_r(stack, floor), 'x', 2)} the floor)", ""])  # fmt: skip
     take_ns, chan_ns = med(results, "take", "take_ns"), med(results, "take", "channel_ns")
     s.update(take_ns=take_ns, channel_ns=chan_ns)
     rows.append(["take_job on a full buffer (ns/op)", _f(take_ns), "", f"{_f(chan_ns)} (channel)", "",

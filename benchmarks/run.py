@@ -21,7 +21,7 @@ Options (also ``--help``):
 
 Every benchmark runs in its own subprocess: jobbuf ones on trio (trio-asyncio), raw asyncpg
 and pgqueuer ones on plain asyncio, since importing trio_asyncio patches asyncio for the
-whole process. The three latency benchmarks run at the same time, idle but for their
+whole process. The latency benchmarks run at the same time, idle but for their
 turns: each round takes one sample from each, in an order that rotates, so the ratios
 compare samples taken moments apart (the machine's speed drifts by tens of percent
 between runs). Each gets a fresh schema, which this driver drops when the subprocess ends
@@ -136,11 +136,16 @@ def run_case(plan: Plan, key: str, script: str, case: str, params: dict[str, Any
     return result
 
 
-LATENCY = (("jobbuf", "bench_latency.py"), ("raw", "bench_raw.py"), ("peer", "bench_peer.py"))
+LATENCY: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("jobbuf", "bench_latency.py", {}),
+    ("raw", "bench_raw.py", {}),
+    ("rawtrio", "bench_raw.py", {"loop": "trio-asyncio"}),  # diagnostic: the floor's code on trio-asyncio
+    ("peer", "bench_peer.py", {}),
+)
 
 
 def run_latency_paired(plan: Plan, rep: int) -> None:
-    """The three latency benchmarks at once, taking turns: each round asks every system
+    """The latency benchmarks at once, taking turns: each round asks every system
     for one sample (in an order that rotates), so all of them see the same machine."""
     t0 = time.perf_counter()
     procs: list[tuple[str, str, subprocess.Popen[str]]] = []
@@ -149,8 +154,8 @@ def run_latency_paired(plan: Plan, rep: int) -> None:
     watchdog = threading.Timer(plan.timeout, lambda: [proc.kill() for _, _, proc in procs])
     results: dict[str, dict[str, Any]] = {}
     try:
-        for name, script in LATENCY:
-            params = {"samples": plan.samples, "paired": True, "dsn": plan.dsn, "schema": new_schema("lat")}
+        for name, script, extra in LATENCY:
+            params = {"samples": plan.samples, "paired": True, "dsn": plan.dsn, "schema": new_schema("lat"), **extra}
             cmd = [sys.executable, str(BENCH_DIR / script), "latency", "--params", json.dumps(params)]
             logf.write(f"\n$ {' '.join(cmd)}\n")
             logf.flush()
