@@ -2,10 +2,7 @@
 
 ``trio_asyncio.aio_as_trio`` wraps the coroutine in an asyncio Task: the Task's first step
 is scheduled on the loop, and its end is reported through another loop callback before the
-trio task wakes. Under trio-asyncio every loop callback costs a trio scheduling round, so a
-``SELECT 1`` took 172 us this way against 116 us stepped from the trio task itself (97 us
-on plain asyncio), and the enqueue -> take path makes two such round trips (measured here;
-the README's benchmark section has the numbers).
+trio task wakes. Under trio-asyncio every loop callback costs a trio scheduling round.
 
 :func:`run_aio` steps the coroutine in the calling trio task instead and waits, trio-side,
 for each asyncio future it blocks on. That is asyncio's own Task protocol, done by hand:
@@ -14,8 +11,11 @@ the coroutine yields the future it waits for, and is resumed once the future is 
 :func:`run_immediate_callbacks` then removes one more hop. A future's done callbacks go
 through ``loop.call_soon``, which under trio-asyncio is a queue served by the loop's own
 trio task: one more scheduling round before the waiting task is even woken. Callbacks that
-only wake trio tasks are marked :class:`Immediate` and run at once instead (a ``SELECT 1``
-round trip: 15-25% faster, measured here).
+only wake trio tasks are marked :class:`Immediate` and run at once instead.
+
+A ``SELECT 1`` round trip, medians of three runs here: 308 us through ``aio_as_trio``,
+240 us through ``run_aio``, 170 us with immediate wake-ups, 163 us on plain asyncio. The
+enqueue -> take path makes two such round trips (the README's benchmark section).
 """
 
 from __future__ import annotations
