@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["Immediate", "run_aio", "run_immediate_callbacks"]
+__all__ = ["Immediate", "ImmediateCall", "run_aio", "run_immediate_callbacks"]
 
 T = TypeVar("T")
 
@@ -51,12 +51,27 @@ async def run_aio(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Immediate:
-    """A loop callback that a loop set up by :func:`run_immediate_callbacks` runs at once,
-    where it is scheduled, instead of queueing it.
+    """Base of the loop callbacks that a loop set up by :func:`run_immediate_callbacks` runs
+    at once, where they are scheduled, instead of queueing them; any other loop queues
+    them as usual.
 
-    Only for callbacks that never raise and only wake trio tasks (set an event, reschedule
-    a task): they may then run inside asyncpg's protocol code, and before callbacks
-    scheduled earlier. Any other loop runs them as usual, through its queue."""
+    Only for callbacks that only wake trio tasks (set an event, reschedule a task). They
+    run inside whatever scheduled them (asyncpg's protocol code, for a query's result or a
+    notification), in the caller's context, and before callbacks queued earlier; so the
+    woken task may run before asyncpg's own cleanup callbacks. One of those cancels the
+    connection's asyncpg-side query timeout, which is why queries stepped by
+    :func:`run_aio` must not use asyncpg timeouts (``timeout=``, ``command_timeout``):
+    jobbuf bounds them with trio deadlines instead. An exception from one is passed to
+    the loop's exception handler, never into the code that scheduled it."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> None:
+        raise NotImplementedError
+
+
+class ImmediateCall(Immediate):
+    """``fn(*args)`` as an :class:`Immediate` callback."""
 
     __slots__ = ("fn",)
 
@@ -82,14 +97,18 @@ class _Wake(Immediate):
 def run_immediate_callbacks(loop: asyncio.AbstractEventLoop) -> None:
     """Make ``loop.call_soon`` run :class:`Immediate` callbacks at once (see the module
     docstring); every other callback is queued as before. For a trio-asyncio loop that
-    this library opened itself."""
+    this library opened itself. ``call_soon`` returns the same cancelled handle for every
+    immediate callback: it has already run."""
     queue = loop.call_soon
-    done = asyncio.Handle(lambda: None, (), loop)  # what call_soon returns for them
+    done = asyncio.Handle(lambda: None, (), loop)
     done.cancel()
 
     def call_soon(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
         if isinstance(callback, Immediate):
-            callback(*args)
+            try:
+                callback(*args)
+            except Exception as exc:  # never into asyncpg's protocol code: that breaks the connection
+                loop.call_exception_handler({"message": f"immediate callback {callback!r} failed", "exception": exc})
             return done
         return queue(callback, *args, **kwargs)
 

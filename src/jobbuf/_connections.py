@@ -43,8 +43,10 @@ class Connections:
         self._slots = trio.Semaphore(size)
 
     async def _connect(self) -> Any:
+        # No command_timeout: operations are bounded by trio deadlines, and asyncpg's own
+        # timeouts do not mix with run_aio's immediate wake-ups (see _aio.Immediate).
         return await trio_asyncio.aio_as_trio(asyncpg.connect)(
-            self._dsn, timeout=self._timeout, server_settings=self._settings
+            self._dsn, timeout=self._timeout, command_timeout=None, server_settings=self._settings
         )
 
     async def open(self) -> None:

@@ -14,7 +14,7 @@ import trio_asyncio
 from jobbuf_monitor.embedded import redact_dsn
 
 from . import _jitter
-from ._aio import Immediate
+from ._aio import ImmediateCall
 
 __all__ = ["Listener"]
 
@@ -117,7 +117,7 @@ class Listener:
         async def connect() -> Any:
             conn = await asyncpg.connect(self._dsn, timeout=5, server_settings=self._server_settings)
             try:
-                await conn.add_listener(self._channel, Immediate(self._on_notify))
+                await conn.add_listener(self._channel, ImmediateCall(self._on_notify))
             except BaseException:
                 conn.terminate()
                 raise

@@ -12,7 +12,7 @@ import trio.lowlevel
 
 import jobbuf._open_postgres
 from jobbuf import BufferConfig, ClaimResult, Job, JobBuffer, PostgresJobSource, open_job_buffer, run_workers
-from jobbuf._aio import Immediate, run_immediate_callbacks
+from jobbuf._aio import ImmediateCall, run_immediate_callbacks
 from pg_helpers import sql, statuses, wait_until
 
 Pg = tuple[PostgresJobSource, str]
@@ -93,24 +93,38 @@ async def test_pipelined_claims_of_two_buffers_drain_every_job_exactly_once(pg: 
         assert await sql(dsn, f'SELECT id FROM "{source.schema}".jobs') == []
 
 
+async def taken_after_enqueue(source: PostgresJobSource, buf: JobBuffer) -> float:
+    """Seconds from an enqueue to ``take_job`` returning it, with the taker already waiting
+    (so the empty take's own wake-up of the poller has come and gone: only the NOTIFY, or
+    the next poll, can bring the job)."""
+    taken: list[Job | None] = []
+    async with trio.open_nursery() as nursery:
+
+        async def taker() -> None:
+            taken.append(await buf.take_job(10))
+
+        nursery.start_soon(taker)
+        await trio.sleep(0.3)
+        start = time.monotonic()
+        await source.enqueue("default", {"x": 1})
+    assert taken[0] is not None
+    await buf.complete(taken[0])
+    return time.monotonic() - start
+
+
 async def test_enqueue_wakes_idle_buffer_before_poll_interval(pg: Pg) -> None:
     source, _ = pg
-    with trio.fail_after(20):
+    with trio.fail_after(40):
         cfg = BufferConfig(poll_interval=30)
         async with open_job_buffer(source, "w", cfg) as buf:
-            await trio.sleep(0.3)  # idle: the first empty poll has happened
             for _ in range(3):
-                start = time.monotonic()
-                await source.enqueue("default", {"x": 1})
-                job = await buf.take_job(10)
-                assert job is not None
-                assert time.monotonic() - start < 2.0  # NOTIFY, not the 30 s poll
-                await buf.complete(job)
+                assert await taken_after_enqueue(source, buf) < 2.0  # NOTIFY, not the 30 s poll
 
 
 async def test_the_sources_loop_runs_wake_ups_where_they_happen(pg: Pg, monkeypatch: pytest.MonkeyPatch) -> None:
     # open_postgres_source sets its trio-asyncio loop up so that run_aio's wake-ups and the
-    # listener's notifications skip a round through the loop's queue (_aio's docstring).
+    # listener's notifications skip a round through the loop's queue (_aio's docstring);
+    # queries and NOTIFY wake-ups work on it.
     source, dsn = pg
     loops: list[Any] = []
 
@@ -119,15 +133,14 @@ async def test_the_sources_loop_runs_wake_ups_where_they_happen(pg: Pg, monkeypa
         run_immediate_callbacks(loop)
 
     monkeypatch.setattr(jobbuf._open_postgres, "run_immediate_callbacks", spy)
-    with trio.fail_after(20):
+    with trio.fail_after(40):
         async with jobbuf.open_postgres_source(dsn, schema=source.schema) as other:
             assert len(loops) == 1
             seen: list[int] = []
-            loops[0].call_soon(Immediate(seen.append), 1)
+            loops[0].call_soon(ImmediateCall(seen.append), 1)
             assert seen == [1]
-            await other.enqueue("default", {"x": 1})  # queries and LISTEN work on it
             async with open_job_buffer(other, "w", BufferConfig(poll_interval=30)) as buf:
-                assert await buf.take_job(10) is not None
+                assert await taken_after_enqueue(other, buf) < 2.0  # woken by the NOTIFY, not the 30 s poll
 
 
 async def test_jobs_arrive_by_polling_when_listener_is_killed(pg: Pg) -> None:

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from jobbuf._aio import Immediate, run_aio, run_immediate_callbacks
+from jobbuf._aio import ImmediateCall, run_aio, run_immediate_callbacks
 
 
 @pytest.fixture(params=["queued", "immediate"])
@@ -25,18 +25,36 @@ async def loop(request: pytest.FixtureRequest) -> AsyncIterator[asyncio.Abstract
 async def test_immediate_callbacks_run_at_once_and_others_are_queued_as_before() -> None:
     seen: list[str] = []
     async with trio_asyncio.open_loop() as loop:
-        loop.call_soon(Immediate(seen.append), "immediate, queued")  # not set up yet
+        loop.call_soon(ImmediateCall(seen.append), "immediate, queued")  # not set up yet
         run_immediate_callbacks(loop)
         loop.call_soon(seen.append, "plain")
-        handle = loop.call_soon(Immediate(seen.append), "immediate")
+        handle = loop.call_soon(ImmediateCall(seen.append), "immediate")
         assert seen == ["immediate"]  # ran inside call_soon
         handle.cancel()  # harmless: it already ran
         future = loop.create_future()
-        future.add_done_callback(Immediate(lambda f: seen.append(f"done: {f.result()}")))
+        future.add_done_callback(ImmediateCall(lambda f: seen.append(f"done: {f.result()}")))
         future.set_result(1)
         assert seen == ["immediate", "done: 1"]  # a future's done callback too, at once
         await trio.sleep(0.01)
     assert seen == ["immediate", "done: 1", "immediate, queued", "plain"]  # the loop ran the rest in order
+
+
+async def test_an_immediate_callback_that_raises_goes_to_the_loops_exception_handler() -> None:
+    # Run inside asyncpg's protocol code, an exception would break the connection (it
+    # would take it for a protocol error): it must never reach whoever scheduled it.
+    handled: list[BaseException] = []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(lambda _loop, context: handled.append(context["exception"]))
+        run_immediate_callbacks(loop)
+        loop.call_soon(ImmediateCall(boom))  # does not raise here
+        assert [str(e) for e in handled] == ["boom"]
+        future = loop.create_future()
+        loop.call_soon(future.set_result, 7)
+        assert await trio_asyncio.aio_as_trio(lambda: future)() == 7  # the loop goes on
 
 
 async def test_returns_what_the_coroutine_returns_and_raises_what_it_raises(loop: asyncio.AbstractEventLoop) -> None:
