@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -691,6 +691,22 @@ class GoneSource(MemoryJobSource):
         return await super()._enter(method)
 
 
+async def leave_once_the_database_is_gone(
+    source: GoneSource,
+    cfg: BufferConfig,
+    lose: Callable[[JobBuffer], Awaitable[None]],
+    error: str = "could not release",
+) -> None:
+    """Open a buffer on ``source``, let ``lose(buf)`` take jobs and set ``source.gone``, and
+    leave at trio time 0.5: the exit cannot release what it holds (it raises ``error``),
+    and it must end exactly one ``shutdown_timeout`` later, whatever was in flight."""
+    with pytest.raises(DatabaseUnavailableError, match=error), trio.move_on_at(0.5):
+        async with open_job_buffer(source, "w", cfg) as buf:
+            await lose(buf)
+            await trio.sleep_forever()
+    assert trio.current_time() == pytest.approx(0.5 + cfg.shutdown_timeout)
+
+
 async def test_exit_with_the_database_gone_takes_one_shutdown_timeout_not_one_per_phase(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -698,19 +714,18 @@ async def test_exit_with_the_database_gone_takes_one_shutdown_timeout_not_one_pe
     # release waited shutdown_timeout again (2x here).
     source = GoneSource()
     await source.enqueue_many("default", list(range(100)))
+
+    async def lose(buf: JobBuffer) -> None:
+        await trio.sleep(0.1)
+        assert buf.depth == 60
+        source.gone = True
+        for _ in range(30):  # below low water: claims start, and hang
+            assert await buf.take_job() is not None
+        await trio.sleep(0.1)
+        assert buf._claiming > 0
+
     cfg = BufferConfig(capacity=60, low_water=50, batch_size=20, shutdown_timeout=1.0)
-    with pytest.raises(DatabaseUnavailableError, match=r"could not release 60 jobs \(1, 2, .* and 40 more\)"):
-        with trio.move_on_after(0.5):
-            async with open_job_buffer(source, "w", cfg) as buf:
-                await trio.sleep(0.1)
-                assert buf.depth == 60
-                source.gone = True
-                for _ in range(30):  # below low water: claims start, and hang
-                    assert await buf.take_job() is not None
-                await trio.sleep(0.1)
-                assert buf._claiming > 0
-                await trio.sleep_forever()
-    assert trio.current_time() == pytest.approx(0.5 + 1.0)
+    await leave_once_the_database_is_gone(source, cfg, lose, r"could not release 60 jobs \(1, 2, .* and 40 more\)")
 
 
 async def test_stop_with_a_claim_hanging_returns_within_shutdown_timeout(
@@ -755,24 +770,21 @@ async def test_an_ack_queued_when_the_exit_begins_is_flushed_by_the_exit_deadlin
     # the queued ack with a deadline of its own, past the exit's.
     source = GoneSource()
     await source.enqueue_many("default", list(range(10)))
-    cfg = BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0)
-    with pytest.raises(DatabaseUnavailableError, match="could not release"):
-        with trio.move_on_after(0.5):
-            async with open_job_buffer(source, "w", cfg) as buf:
-                await trio.sleep(0.1)
-                jobs = [await buf.take_job() for _ in range(3)]
-                source.gone = True
-                await trio.sleep(0.1)  # a claim is in flight, and hangs
-                assert buf._claiming > 0 and jobs[0] is not None
-                buf._ack_soon(Ack(jobs[0]))
-                await trio.sleep_forever()
-    assert trio.current_time() == pytest.approx(0.5 + 1.0)
+
+    async def lose(buf: JobBuffer) -> None:
+        await trio.sleep(0.1)
+        jobs = [await buf.take_job() for _ in range(3)]
+        source.gone = True
+        await trio.sleep(0.1)  # a claim is in flight, and hangs
+        assert buf._claiming > 0 and jobs[0] is not None
+        buf._ack_soon(Ack(jobs[0]))
+
+    await leave_once_the_database_is_gone(source, BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0), lose)
 
 
 async def test_stop_called_during_the_exit_does_not_push_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
     source = GoneSource()
     await source.enqueue_many("default", list(range(10)))
-    cfg = BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0)
     buffers: list[JobBuffer] = []
 
     async def stop_later() -> None:
@@ -781,16 +793,15 @@ async def test_stop_called_during_the_exit_does_not_push_its_deadline(autojump_c
         with trio.CancelScope(shield=True):
             await buffers[0].stop()
 
+    async def lose(buf: JobBuffer) -> None:
+        buffers.append(buf)
+        await trio.sleep(0.1)
+        assert [await buf.take_job() for _ in range(3)]
+        source.gone = True
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_later)
-        with pytest.raises(DatabaseUnavailableError, match="could not release"), trio.move_on_after(0.5):
-            async with open_job_buffer(source, "w", cfg) as buf:
-                buffers.append(buf)
-                await trio.sleep(0.1)
-                assert [await buf.take_job() for _ in range(3)]
-                source.gone = True
-                await trio.sleep_forever()
-        assert trio.current_time() == pytest.approx(0.5 + 1.0)
+        await leave_once_the_database_is_gone(source, BufferConfig(capacity=5, low_water=3, shutdown_timeout=1.0), lose)
 
 
 async def test_run_workers_cleanup_and_the_exit_take_at_most_two_shutdown_timeouts(
