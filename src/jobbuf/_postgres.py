@@ -382,8 +382,13 @@ class _Decoded:
 
 
 def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
+    """Rows of ``Statements.claim`` as jobs, in order. A NULL ``run_at`` repeats the row
+    before's, a NULL ``created_at`` the row's own ``run_at`` (see the statement)."""
     out = _Decoded()
+    run_at: Any = None  # set by the first row: its run_at is never NULL
     for row in rows:
+        if row[6] is not None:
+            run_at = row[6]
         if row[8] == "dead":  # rescued with no attempts left
             out.dead += 1
             continue
@@ -392,7 +397,10 @@ def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
         except (ValueError, RecursionError) as exc:
             out.poison.append((row[0], claim.owner, claim.token, f"payload is not JSON: {exc}"))
             continue
-        out.jobs.append(claimed_job(row[0], row[1], payload, row[3], row[4], row[5], row[6], row[7], claim))
+        created_at = row[7]
+        if created_at is None:
+            created_at = run_at
+        out.jobs.append(claimed_job(row[0], row[1], payload, row[3], row[4], row[5], run_at, created_at, claim))
     return out
 
 

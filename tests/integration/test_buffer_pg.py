@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,6 +33,34 @@ async def test_two_buffers_claim_disjoint_batches(pg: Pg) -> None:
             rows = await source.job_states(sorted(ids_a | ids_b))
             assert {r.owner for r in rows if r.id in ids_a} == {a.instance}
             assert {r.owner for r in rows if r.id in ids_b} == {b.instance}
+
+
+async def test_claimed_jobs_carry_their_rows_timestamps_shared_or_not(pg: Pg) -> None:
+    # The claim sends a timestamp repeated from the row before (or from the row's own
+    # run_at) as NULL; each job must still carry exactly its row's values, past a row
+    # that is skipped (dead on rescue) too.
+    source, dsn = pg
+    now = datetime.now(UTC)
+    with trio.fail_after(20):
+        # e1 and e2 share a run_at; e1 is claimed with a lease that expires, and its last
+        # attempt is used, so the final claim makes it dead and skips it.
+        e1, e2 = await source.enqueue_many("default", ["e1", "e2"], run_at=now - timedelta(seconds=30), max_attempts=1)
+        [first] = (await source.claim(owner="gone", worker_id="w", queues=("default",), limit=1, lease=0.01,
+                                      default_max_attempts=20)).jobs  # fmt: skip
+        assert first.id == e1
+        await trio.sleep(0.05)
+        c1, c2 = await source.enqueue_many("default", ["c1", "c2"], run_at=now - timedelta(seconds=20))
+        b = await source.enqueue("default", "b", run_at=now - timedelta(seconds=10))
+        d = await source.enqueue("default", "d", run_at=now - timedelta(seconds=10))  # b's run_at, own created_at
+        a = await source.enqueue_many("default", ["a1", "a2", "a3"])  # run_at = created_at, shared
+        result = await source.claim(owner="o", worker_id="w", queues=("default",), limit=20, default_max_attempts=20,
+                                    lease=30)  # fmt: skip
+        assert result.dead == 1
+        assert [j.id for j in result.jobs] == [e2, c1, c2, b, d, *a]
+        rows = await sql(dsn, f'SELECT id, run_at, created_at FROM "{source.schema}".jobs')
+        stored = {r["id"]: (r["run_at"], r["created_at"]) for r in rows}
+        assert {j.id: (j.run_at, j.created_at) for j in result.jobs} == {j.id: stored[j.id] for j in result.jobs}
+        assert len({stored[i][1] for i in (b, d)}) == 2 and stored[a[0]][0] == stored[a[0]][1]
 
 
 async def test_refill_below_low_water_never_exceeds_capacity(pg: Pg) -> None:
