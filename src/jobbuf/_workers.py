@@ -14,7 +14,7 @@ from ._acks import AckBatcher
 from ._buffer import JobBuffer
 from ._errors import BufferClosedError, ConfigError, JobbufError
 from ._job import Job
-from ._source import Ack
+from ._source import completion
 
 __all__ = ["run_workers"]
 
@@ -133,7 +133,7 @@ async def _run_one(buf: JobBuffer, handler: Handler, job: Job, job_timeout: floa
             await _quietly(buf.release(job), job)
         raise
     try:
-        buf._ack_soon(Ack(job) if error is None else buf._failure(job, error, None))
+        buf._ack_soon(completion(job) if error is None else buf._failure(job, error, None))
     except BufferClosedError:
         _log_refused(job)
         return

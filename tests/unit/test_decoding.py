@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobbuf import Job
+from jobbuf import Ack, Job
 from jobbuf._job import Claim, claimed_job
-from jobbuf._source import decode_payload, encode_payload
+from jobbuf._source import completion, decode_payload, encode_payload
 
 TEXTS = [
     '{"n":1}', "[1,2.5,null,true]", '"x"', "0", "-1e3", "null", "NaN", "{}", '{"a":{"b":[{}]}}',
@@ -46,3 +46,11 @@ def test_claimed_job_equals_job() -> None:
     assert fast.claim is claim
     with pytest.raises(AttributeError):
         fast.id = 2  # type: ignore[misc]
+
+
+def test_completion_equals_ack() -> None:
+    job = Job(id=1, queue="q", payload=None)
+    fast = completion(job)
+    assert type(fast) is Ack and fast == Ack(job) and repr(fast) == repr(Ack(job)) and fast.job is job
+    with pytest.raises(AttributeError):
+        fast.error = "x"  # type: ignore[misc]
