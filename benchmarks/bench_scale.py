@@ -11,14 +11,17 @@ Cases:
   multi  ``n`` rows pre-enqueued (jobbuf's enqueue statement, in chunks; not timed), then
          ``procs`` subprocesses (``bench_drain.py child``) each run a buffer on the same
          schema; the clock runs from "go" until the table is empty (acks delete rows, so
-         every ack is durable). params: schema, n, procs, capacity, batch_size, low_water,
-         concurrency
+         every ack is durable). Also reports ``machine_busy``: the share of all cores
+         (from /proc/stat) that was busy meanwhile, processes and PostgreSQL together;
+         what is left is all more processes could use. params: schema, n, procs,
+         capacity, batch_size, low_water, concurrency
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 import sys
@@ -31,6 +34,13 @@ from bench_raw import create_schema, enqueue
 from common import BENCH_DIR, bench_main, load_jobbuf_sql, log, median
 
 SEQ_SCAN_ON_JOBS = re.compile(r"Seq Scan on jobs\b")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(all, idle) CPU ticks of the whole machine so far, from /proc/stat (Linux)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]  # idle + iowait
 
 
 async def _claim(p: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +103,15 @@ async def _multi(p: dict[str, Any]) -> dict[str, Any]:
         assert line.strip() == b"READY", line
     count = f'SELECT count(*) FROM "{schema}".jobs'
     log(f"multi: {procs} processes draining {n}")
-    t0 = time.perf_counter()
+    t0, ticks0 = time.perf_counter(), cpu_ticks()
     for c in children:
         assert c.stdin is not None
         c.stdin.write(b"go\n")
         await c.stdin.drain()
     while await conn.fetchval(count) > 0:  # noqa: ASYNC110 - polling the database is the point
         await asyncio.sleep(0.02)
-    elapsed = time.perf_counter() - t0
+    elapsed, ticks1 = time.perf_counter() - t0, cpu_ticks()
+    total, idle = ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]
     completed = []
     for c in children:
         assert c.stdin is not None and c.stdout is not None
@@ -110,7 +121,10 @@ async def _multi(p: dict[str, Any]) -> dict[str, Any]:
         await c.wait()
         completed += [json.loads(x[7:])["completed"] for x in out.splitlines() if x.startswith("RESULT ")]
     await conn.close()
-    return {"jobs_per_s": n / elapsed, "seconds": elapsed, "n": n, "procs": procs, "per_process": completed}
+    return {
+        "jobs_per_s": n / elapsed, "seconds": elapsed, "n": n, "procs": procs, "per_process": completed,
+        "machine_busy": (total - idle) / total if total else math.nan,
+    }  # fmt: skip
 
 
 def claim(p: dict[str, Any]) -> dict[str, Any]:

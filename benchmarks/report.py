@@ -107,6 +107,11 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
                      " / ".join(_f(multi[p]) for p in (1, 2, 4)), "", "", "",
                      f"2p {_f(_r(multi[2], multi[1]), 'x', 2)}, 4p {_f(_r(multi[4], multi[1]), 'x', 2)} of 1p",
                      "2 procs ≥1.3x 1 proc", _verdict(_check(multi[2], ">=", 1.3 * multi[1]))])  # fmt: skip
+        busy = {p: med(results, f"multi:{p}", "machine_busy") for p in (1, 2, 4)}
+        s["multi_machine_busy"] = busy
+        rows.append(["machine CPU busy during those drains (all cores, processes + PostgreSQL)",
+                     " / ".join(_f(100 * busy[p], "%", 0) for p in (1, 2, 4)), "", "", "", "",
+                     "(diagnostic: what 1 process leaves for more)", ""])  # fmt: skip
     rss, traced = med(results, "memory", "rss_per_10k_bytes"), med(results, "memory", "traced_per_10k_bytes")
     s.update(rss_per_10k=rss, traced_per_10k=traced)
     mem = f"{_f(rss / 1e6, '', 2)} / {_f(traced / 1e6, '', 2)}"
