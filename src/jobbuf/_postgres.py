@@ -295,8 +295,12 @@ class PostgresJobSource:
 
         async def op(conn: Any) -> dict[int, str]:
             rows = await conn.fetch(ack_sql, *args)
-            outcomes = {row[0]: "done" for row in rows} if only_done else {row[0]: row[1] for row in rows}
-            missing = [job.id for job in done if job.id not in outcomes]
+            if only_done:  # the rows are the completions that did not match
+                outcomes = dict.fromkeys((row[0] for row in rows), "lost")
+                missing = list(outcomes)
+            else:
+                outcomes = {row[0]: row[1] for row in rows}
+                missing = [job.id for job in done if job.id not in outcomes]
             if missing:
                 # A completion retried after a lost connection may already have been
                 # applied: a row that no longer exists was completed, not taken over.
@@ -305,6 +309,10 @@ class PostgresJobSource:
             return outcomes
 
         outcomes = await self._call(op, retry=True)
+        if only_done:
+            if not outcomes:
+                return ["done"] * len(acks)
+            return [outcomes.get(a.job.id, "done") for a in acks]  # type: ignore[misc]
         return [outcomes.get(a.job.id, "lost") for a in acks]  # type: ignore[misc]
 
     async def _ack_in_rounds(self, acks: Sequence[Ack], default_max_attempts: int) -> list[AckOutcome]:
