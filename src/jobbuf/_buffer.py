@@ -83,6 +83,7 @@ class JobBuffer(AckMethods):
         self._poller_done = trio.Event()
         self._counters = Counters()
         self._acks = AckBatcher(source, self.config.max_attempts, self.config.shutdown_timeout)
+        self._on_acked = self._acked  # bound once: a bound method made per ack is one more object per job
         self._worker: WorkerInfo | None = None
         self._leases_extended_at = -math.inf  # trio time of the last successful extension
         self._claiming = 0  # rows asked for by claims in flight

@@ -8,7 +8,7 @@ import traceback
 import trio
 
 from . import _jitter
-from ._acks import AckBatcher
+from ._acks import AckBatcher, OnAcked
 from ._config import BufferConfig
 from ._errors import BufferClosedError, ConfigError, DatabaseUnavailableError, LeaseLostError
 from ._job import Job
@@ -30,6 +30,7 @@ class AckMethods:
     _in_flight: dict[int, Job]
     _unconfirmed: dict[int, Job]
     _counters: Counters
+    _on_acked: OnAcked  # self._acked, bound once
 
     async def _release(self, jobs: list[Job]) -> list[int]:
         raise NotImplementedError  # JobBuffer's
@@ -106,7 +107,7 @@ class AckMethods:
         if ack.job.claim is None:  # built by hand: nothing to change in the source
             self._settle(ack.job, "done" if ack.error is None else "retry", None)
         else:
-            self._acks.submit_nowait(ack, self._acked)
+            self._acks.submit_nowait(ack, self._on_acked)
 
     def _acked(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
         self._settle(ack.job, outcome, error)
