@@ -280,40 +280,43 @@ class PostgresJobSource:
         done = [a.job for a in acks if a.error is None]
         failed = [a for a in acks if a.error is not None]
         owners = {j.claim.owner if j.claim else None for j in done}
-        existing_sql = self._sql.existing()
-        args: tuple[Any, ...]
+        only_owner = owners.pop() if len(owners) == 1 else None
         # The common case, completions of one owner's claims, has a cheaper statement.
-        only_done = not failed and len(owners) == 1 and None not in owners
-        if only_done:  # (every job here has a claim: None is not among the owners)
-            tokens = [j.claim.token for j in done if j.claim]
-            ack_sql, args = self._complete_sql, ([j.id for j in done], owners.pop(), tokens)
-        else:
-            ack_sql, args = self._ack_sql, (
-                *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
-                [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
-            )  # fmt: skip
+        if not failed and only_owner is not None:  # (so every job has a claim)
+            return await self._complete(done, only_owner)
+        existing_sql = self._sql.existing()
+        ack_sql, args = self._ack_sql, (
+            *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
+            [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
+        )  # fmt: skip
 
         async def op(conn: Any) -> dict[int, str]:
-            rows = await conn.fetch(ack_sql, *args)
-            if only_done:  # the rows are the completions that did not match
-                outcomes = dict.fromkeys((row[0] for row in rows), "lost")
-                missing = list(outcomes)
-            else:
-                outcomes = {row[0]: row[1] for row in rows}
-                missing = [job.id for job in done if job.id not in outcomes]
-            if missing:
-                # A completion retried after a lost connection may already have been
-                # applied: a row that no longer exists was completed, not taken over.
+            outcomes = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
+            missing = [job.id for job in done if job.id not in outcomes]
+            if missing:  # see Statements.existing
                 still = {row[0] for row in await conn.fetch(existing_sql, missing)}
                 outcomes.update({i: "done" for i in missing if i not in still})
             return outcomes
 
         outcomes = await self._call(op, retry=True)
-        if only_done:
-            if not outcomes:
-                return ["done"] * len(acks)
-            return [outcomes.get(a.job.id, "done") for a in acks]  # type: ignore[misc]
         return [outcomes.get(a.job.id, "lost") for a in acks]  # type: ignore[misc]
+
+    async def _complete(self, jobs: list[Job], owner: str) -> list[AckOutcome]:
+        """Completions of ``owner``'s claims (``Statements.complete``)."""
+        ids, tokens = [j.id for j in jobs], [j.claim.token for j in jobs if j.claim]
+        complete_sql, existing_sql = self._complete_sql, self._sql.existing()
+
+        async def op(conn: Any) -> set[int]:
+            tag = await conn.execute(complete_sql, ids, owner, tokens)  # "DELETE n" / "UPDATE n"
+            if int(tag.rsplit(" ", 1)[1]) == len(ids):
+                return set()
+            # Some claims did not match: those rows still there, not done, were taken over.
+            return {row[0] for row in await conn.fetch(existing_sql, ids)}
+
+        lost = await self._call(op, retry=True)
+        if not lost:
+            return ["done"] * len(jobs)
+        return ["lost" if i in lost else "done" for i in ids]
 
     async def _ack_in_rounds(self, acks: Sequence[Ack], default_max_attempts: int) -> list[AckOutcome]:
         # Two acks of one job in a batch would hit one row in one statement, where

@@ -261,24 +261,23 @@ class Statements:
     def complete(self, keep_completed: bool) -> str:
         # The common group commit, completions only, every claim held by one owner: the
         # owner is one parameter instead of an array (about 25% cheaper than ack()).
-        # $1 ids, $2 owner, $3 tokens. Returns the ids whose claim did NOT match: usually
-        # none, so the reply holds no row per job.
+        # $1 ids, $2 owner, $3 tokens. Returns no rows: the command tag counts the rows
+        # completed, and when that is all of them (the usual case) nothing else is needed
+        # (RETURNING the ids cost 15-20% of the statement).
         claims = "unnest($1::bigint[], $3::bigint[]) AS c(id, token)"
         match = (
             "j.id = ANY($1::bigint[]) AND j.id = c.id"  # see _match: the IS TRUE keeps the plan on the primary key
             " AND (j.status = 'claimed' AND j.owner = $2 AND j.claim_token = c.token) IS TRUE"
         )
         if keep_completed:
-            done = f"""UPDATE {self.s}.jobs j SET status = 'done', owner = NULL, claim_token = NULL,
-                lease_expires_at = NULL FROM {claims} WHERE {match} RETURNING j.id"""
-        else:
-            done = f"DELETE FROM {self.s}.jobs j USING {claims} WHERE {match} RETURNING j.id"
-        return f"""
-        WITH done AS ({done})
-        SELECT a.id FROM unnest($1::bigint[]) AS a(id) WHERE a.id NOT IN (SELECT id FROM done)"""
+            return f"""UPDATE {self.s}.jobs j SET status = 'done', owner = NULL, claim_token = NULL,
+                lease_expires_at = NULL FROM {claims} WHERE {match}"""
+        return f"DELETE FROM {self.s}.jobs j USING {claims} WHERE {match}"
 
     def existing(self) -> str:
-        # After an ack retried across a connection loss: which unmatched ids still exist.
+        # Which of the ids of acks that did not match are still there, not done: those were
+        # taken over. The others were completed (by an earlier try of the same ack, lost
+        # with its connection, or by this one).
         return f"SELECT id FROM {self.s}.jobs WHERE id = ANY($1::bigint[]) AND status <> 'done'"
 
     # -- liveness ----------------------------------------------------------------------
