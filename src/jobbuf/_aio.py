@@ -13,9 +13,19 @@ through ``loop.call_soon``, which under trio-asyncio is a queue served by the lo
 trio task: one more scheduling round before the waiting task is even woken. Callbacks that
 only wake trio tasks are marked :class:`Immediate` and run at once instead.
 
-A ``SELECT 1`` round trip, medians of three runs here: 308 us through ``aio_as_trio``,
-240 us through ``run_aio``, 170 us with immediate wake-ups, 163 us on plain asyncio. The
-enqueue -> take path makes two such round trips (the README's benchmark section).
+Two more rounds through that queue are removed the same way, by the same setup:
+
+- asyncpg's own done callback on every query's future (``_on_waiter_completed``) only
+  cancels the query when the future was cancelled; for a future that was not, it runs at
+  once too (it then only drops an asyncpg-side timeout, which jobbuf does not use).
+- After every read from a socket, trio-asyncio's reader task waits for the loop to work
+  through its queue (``loop.synchronize``). When nothing is queued, and nothing is handed
+  to the loop's task but not yet run, there is nothing to wait for: it returns at once.
+
+A ``SELECT 1`` round trip, medians of three runs on an earlier machine: 308 us through
+``aio_as_trio``, 240 us through ``run_aio``, 170 us with immediate wake-ups, 163 us on
+plain asyncio. The enqueue -> take path makes two such round trips and reads a
+notification (the README's benchmark section).
 """
 
 from __future__ import annotations
@@ -25,10 +35,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import trio
+from asyncpg.protocol import protocol as _asyncpg_protocol
 
 __all__ = ["Immediate", "ImmediateCall", "run_aio", "run_immediate_callbacks"]
 
 T = TypeVar("T")
+
+_QUERY_DONE: object = getattr(_asyncpg_protocol.BaseProtocol, "_on_waiter_completed", object())
+"""asyncpg's done callback on a query's future (a fresh object, matching nothing, if a
+later asyncpg renames it: its callbacks are then queued as before)."""
 
 
 async def run_aio(coro: Coroutine[Any, Any, T]) -> T:
@@ -95,16 +110,20 @@ class _Wake(Immediate):
 
 
 def run_immediate_callbacks(loop: asyncio.AbstractEventLoop) -> None:
-    """Make ``loop.call_soon`` run :class:`Immediate` callbacks at once (see the module
-    docstring); every other callback is queued as before. For a trio-asyncio loop that
-    this library opened itself. ``call_soon`` returns the same cancelled handle for every
-    immediate callback: it has already run."""
+    """Make ``loop.call_soon`` run :class:`Immediate` callbacks, and asyncpg's done callback
+    on a query's future that was not cancelled, at once; every other callback is queued as
+    before. Make ``loop.synchronize`` return at once when the loop has nothing queued (see
+    the module docstring). For a trio-asyncio loop that this library opened itself.
+    ``call_soon`` returns the same cancelled handle for every callback run at once: it has
+    already run."""
     queue = loop.call_soon
     done = asyncio.Handle(lambda: None, (), loop)
     done.cancel()
 
     def call_soon(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
-        if isinstance(callback, Immediate):
+        if isinstance(callback, Immediate) or (
+            getattr(callback, "__func__", None) is _QUERY_DONE and not args[0].cancelled()
+        ):
             try:
                 callback(*args)
             except Exception as exc:  # never into asyncpg's protocol code: that breaks the connection
@@ -113,6 +132,25 @@ def run_immediate_callbacks(loop: asyncio.AbstractEventLoop) -> None:
         return queue(callback, *args, **kwargs)
 
     loop.call_soon = call_soon  # type: ignore[method-assign,assignment]
+    _skip_idle_synchronize(loop)
+
+
+def _skip_idle_synchronize(loop: asyncio.AbstractEventLoop) -> None:
+    """``loop.synchronize()`` waits until the callbacks queued before it have run, by
+    queueing one more and waiting for the loop's task to reach it. With an empty queue
+    and the loop's task waiting on it, every callback queued before has run: return at
+    once. Otherwise (or on a trio-asyncio without these internals) wait as before."""
+    slow = getattr(loop, "synchronize", None)
+    handles = getattr(loop, "_q_recv", None)
+    if slow is None or not isinstance(handles, trio.MemoryReceiveChannel):
+        return
+
+    async def synchronize() -> None:
+        stats = handles.statistics()
+        if stats.current_buffer_used or not stats.tasks_waiting_receive:
+            await slow()
+
+    loop.synchronize = synchronize  # type: ignore[attr-defined]
 
 
 class _Stepper(Generic[T]):

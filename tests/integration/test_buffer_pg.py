@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -170,6 +171,18 @@ async def test_the_sources_loop_runs_wake_ups_where_they_happen(pg: Pg, monkeypa
             assert seen == [1]
             async with open_job_buffer(other, "w", BufferConfig(poll_interval=30)) as buf:
                 assert await taken_after_enqueue(other, buf) < 2.0  # woken by the NOTIFY, not the 30 s poll
+                # Nor do queries, their results and notifications go through the loop's
+                # queue: not asyncpg's done callback on a query's future, and not the
+                # reader task's wait for an empty queue after each read (loop.synchronize).
+                queued: list[Any] = []
+                put = loops[0]._queue_handle
+                monkeypatch.setattr(loops[0], "_queue_handle", lambda h: queued.append(h) or put(h))
+                await other.queue_counts()
+                assert await taken_after_enqueue(other, buf) < 2.0
+                plain = [h for h in queued if not isinstance(h, asyncio.TimerHandle)]
+                # Reads: at least 10 (each query's result, the notification). A due timer
+                # can hold the loop's task for a moment: then one read's synchronize waits.
+                assert "_on_waiter_completed" not in repr(plain) and len(plain) <= 1, plain
 
 
 async def test_jobs_arrive_by_polling_when_listener_is_killed(pg: Pg) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
 import trio_asyncio
 
+import jobbuf._aio
 from jobbuf._aio import ImmediateCall, run_aio, run_immediate_callbacks
 
 
@@ -37,6 +39,48 @@ async def test_immediate_callbacks_run_at_once_and_others_are_queued_as_before()
         assert seen == ["immediate", "done: 1"]  # a future's done callback too, at once
         await trio.sleep(0.01)
     assert seen == ["immediate", "done: 1", "immediate, queued", "plain"]  # the loop ran the rest in order
+
+
+async def test_synchronize_waits_for_what_is_queued_and_only_then() -> None:
+    # trio-asyncio's reader task awaits loop.synchronize() after every read: with nothing
+    # queued it must not cost a round through the loop's queue; with something queued it
+    # still waits until that has run.
+    seen: list[str] = []
+    async with trio_asyncio.open_loop() as loop:
+        run_immediate_callbacks(loop)
+        queued: list[asyncio.Handle] = []
+        put = loop._queue_handle  # type: ignore[attr-defined]
+        loop._queue_handle = lambda h: queued.append(h) or put(h)  # type: ignore[attr-defined]
+        await trio.lowlevel.checkpoint()  # the loop's task is waiting for callbacks
+        with trio.fail_after(5):
+            await loop.synchronize()  # type: ignore[attr-defined]
+            assert queued == []
+            loop.call_soon(seen.append, "plain")
+            await loop.synchronize()  # type: ignore[attr-defined]
+        assert seen == ["plain"]
+
+
+async def test_asyncpgs_done_callback_on_a_query_runs_at_once_unless_the_query_was_cancelled() -> None:
+    # It only acts on a cancelled query (it asks the server to cancel the statement);
+    # for one that was not, running it at once saves a round through the loop's queue.
+    calls: list[str] = []
+
+    class Protocol:
+        def _on_waiter_completed(self, future: asyncio.Future[Any]) -> None:
+            calls.append("cancelled" if future.cancelled() else "done")
+
+    async with trio_asyncio.open_loop() as loop:
+        run_immediate_callbacks(loop)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(jobbuf._aio, "_QUERY_DONE", Protocol._on_waiter_completed)
+            answered, cancelled = loop.create_future(), loop.create_future()
+            for future in (answered, cancelled):
+                future.add_done_callback(Protocol()._on_waiter_completed)
+            answered.set_result(None)
+            cancelled.cancel()
+            assert calls == ["done"]  # at once; the cancelled one is queued
+            await trio.sleep(0.01)
+        assert calls == ["done", "cancelled"]
 
 
 async def test_an_immediate_callback_that_raises_goes_to_the_loops_exception_handler() -> None:
