@@ -82,6 +82,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         # batch_size < low_water: claims pipelined (up to 4 in flight)
         {"capacity": 3000, "low_water": 2000, "batch_size": 1000, "concurrency": 50},
         {"capacity": 4000, "low_water": 3000, "batch_size": 1000, "concurrency": 50},
+        {"capacity": 8000, "low_water": 6000, "batch_size": 2000, "concurrency": 100},
     ]
     peer_sweep = [{"batch": 10, "qms": 1}, {"batch": 100, "qms": 1}, {"batch": 100, "qms": 2},
                   {"batch": 500, "qms": 1}, {"batch": 500, "qms": 2}]  # fmt: skip
