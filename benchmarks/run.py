@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py              # full run: 3 repetitions, N=50,000 (4-9 min, by the machine)
+    python benchmarks/run.py              # full run: 3 repetitions, N=50,000 (3-9 min, by the machine)
     python benchmarks/run.py --quick      # smoke run: 1 repetition, small sizes (under 1 min)
     python benchmarks/run.py --reps 5 --only drain,latency
 
