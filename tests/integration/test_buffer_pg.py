@@ -180,8 +180,9 @@ async def test_the_sources_loop_runs_wake_ups_where_they_happen(pg: Pg, monkeypa
                 await other.queue_counts()
                 assert await taken_after_enqueue(other, buf) < 2.0
                 plain = [h for h in queued if not isinstance(h, asyncio.TimerHandle)]
-                # Reads: at least 10 (each query's result, the notification). A due timer
-                # can hold the loop's task for a moment: then one read's synchronize waits.
+                # Several reads (each query's result, the notification) and as many
+                # synchronizes. A due timer can hold the loop's task for a moment: then
+                # one of them waits for it.
                 assert "_on_waiter_completed" not in repr(plain) and len(plain) <= 1, plain
 
 
