@@ -112,6 +112,13 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
         rows.append(["machine CPU busy during those drains (all cores, processes + PostgreSQL)",
                      " / ".join(_f(100 * busy[p], "%", 0) for p in (1, 2, 4)), "", "", "", "",
                      "(diagnostic: what 1 process leaves for more)", ""])  # fmt: skip
+    raw = {c: med(results, f"rawconns:{c}", "jobs_per_s") for c in (2, 4)}
+    s["raw_conns_jobs_per_s"] = raw
+    if not math.isnan(raw[2]):
+        batch = results["rawconns:2"][0].get("batch", "?")
+        rows.append([f"raw SQL alone with 2 / 4 connections (jobs/s) [batch={batch}]", "", "",
+                     f"{_f(raw[2])} / {_f(raw[4])}", "", f"4 conns {_f(_r(raw[4], raw[2]), 'x', 2)} of 2",
+                     "(diagnostic: does the database itself scale?)", ""])  # fmt: skip
     rss, traced = med(results, "memory", "rss_per_10k_bytes"), med(results, "memory", "traced_per_10k_bytes")
     s.update(rss_per_10k=rss, traced_per_10k=traced)
     mem = f"{_f(rss / 1e6, '', 2)} / {_f(traced / 1e6, '', 2)}"

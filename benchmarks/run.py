@@ -244,6 +244,12 @@ def one_rep(plan: Plan, rep: int, multi_cfg: dict[str, int] | None) -> dict[str,
             }  # fmt: skip
         for procs in plan.procs:
             run_case(plan, f"multi:{procs}", "bench_scale.py", "multi", {"n": n, "procs": procs, **multi_cfg}, "multi")
+        # The database alone, at the same batch: does the raw SQL itself drain faster with
+        # twice the connections (a second jobbuf process doubles them)?
+        batch = multi_cfg.get("batch_size", multi_cfg["capacity"])
+        for conns in (2, 4):
+            params = {"n": n, "batch": batch, "conns": conns}
+            run_case(plan, f"rawconns:{conns}", "bench_raw.py", "drain", params, "raw")
     return multi_cfg
 
 
