@@ -245,7 +245,9 @@ def one_rep(plan: Plan, rep: int, multi_cfg: dict[str, int] | None) -> dict[str,
         for procs in plan.procs:
             run_case(plan, f"multi:{procs}", "bench_scale.py", "multi", {"n": n, "procs": procs, **multi_cfg}, "multi")
         # The database alone, at the same batch: does the raw SQL itself drain faster with
-        # twice the connections (a second jobbuf process doubles them)?
+        # twice the connections (a second jobbuf process doubles them)? Both counts are run
+        # here, back to back, rather than reusing the raw sweep's 2-connection run from
+        # minutes before: the machine's speed drifts.
         batch = multi_cfg.get("batch_size", multi_cfg["capacity"])
         for conns in (2, 4):
             params = {"n": n, "batch": batch, "conns": conns}
