@@ -109,8 +109,8 @@ async def _worker(buf: JobBuffer, handler: Handler, job_timeout: float | None, c
             job = await buf.take_job()
             if job is None:
                 continue
+            until = clock() + BURST  # counted from the checkpoint, so the first job's run counts too
             await _run_one(buf, handler, job, job_timeout, cleanup)
-            until = clock() + BURST
             while clock() < until and (job := pop()) is not None:
                 await _run_one(buf, handler, job, job_timeout, cleanup)
     except BufferClosedError:

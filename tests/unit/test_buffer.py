@@ -32,6 +32,7 @@ from jobbuf import (
     rates,
     run_workers,
 )
+from jobbuf._workers import BURST
 
 
 async def _states(source: MemoryJobSource) -> dict[int, tuple[str, int]]:
@@ -366,6 +367,36 @@ async def test_run_workers_yields_to_other_tasks_between_bursts(autojump_clock: 
             nursery.cancel_scope.cancel()
     # 200 jobs of 0.2 ms in bursts of 0.5 ms: about 80 turns for the other task.
     assert others >= 20
+
+
+async def test_a_handler_that_blocks_past_the_burst_ends_it_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    # BURST counts from the worker's scheduling point: a handler that runs longer than
+    # BURST without awaiting is the only job that worker runs before it yields.
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(6)))
+    runs: list[int] = []  # handler runs per step of the worker's task
+    worker_tasks: set[trio.lowlevel.Task] = set()
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task in worker_tasks:
+                runs.append(0)
+
+    async def blocking(job: Job) -> None:
+        worker_tasks.add(trio.lowlevel.current_task())
+        time.sleep(2 * BURST)  # noqa: ASYNC251 - the point: never awaits, and runs longer than a burst
+        runs[-1] += 1
+
+    async with open_job_buffer(source, "w", BufferConfig(capacity=10, low_water=1)) as buf:
+        await trio.sleep(0.1)  # filled
+        runs.append(0)  # the step that runs the first handler began before we knew the task
+        trio.lowlevel.add_instrument(Steps())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_workers, buf, blocking, concurrency=1))
+            while sum(runs) < 6:
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    assert max(runs) == 1, runs
 
 
 async def test_run_workers_cancelled_mid_burst_strands_nothing(autojump_clock: trio.testing.MockClock) -> None:
