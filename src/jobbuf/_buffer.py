@@ -202,8 +202,10 @@ class JobBuffer(AckMethods):
         """Stop polling, wait for the poller (cancelling it after ``join_timeout``), drain
         the buffer and return the jobs that were buffered but not taken.
 
-        With ``release=True`` they are also released to the source; with ``release=False``
-        the caller owns them (they keep their claim and can be offered to another buffer).
+        With ``release=True`` they are also released to the source (if that fails, the
+        failure is counted in ``stats().poll_errors`` and they stay this buffer's: the exit
+        releases them by owner, or names them in its error); with ``release=False`` the
+        caller owns them (they keep their claim and can be offered to another buffer).
         Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
         start it returns ``[]``. Afterwards ``take_job`` raises :class:`BufferClosedError`.
         """
@@ -239,8 +241,8 @@ class JobBuffer(AckMethods):
             if not release:
                 self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
             try:
-                await self._release(jobs + self._take_discarded() if release else self._take_discarded())
-            except Exception as exc:  # they stay ours and are released by owner when run ends
+                await self._release_keeping((jobs if release else []) + self._take_discarded())
+            except Exception as exc:  # kept: the exit releases them by owner, or names them
                 self._record_error("stop", exc)
         return jobs
 
@@ -412,11 +414,15 @@ class JobBuffer(AckMethods):
         return jobs
 
     async def _release_discarded(self) -> None:
-        jobs = self._take_discarded()
+        await self._release_keeping(self._take_discarded())
+
+    async def _release_keeping(self, jobs: list[Job]) -> None:
+        """Release ``jobs``; if that fails, keep them among the discarded, still ours, for
+        the next round or the exit (which releases them by owner, or names them)."""
         try:
             await self._release(jobs)
         except BaseException:
-            self._discarded.extend(jobs)  # keep them for the next round or shutdown
+            self._discarded.extend(jobs)
             raise
 
     async def _release(self, jobs: list[Job]) -> list[int]:

@@ -703,6 +703,30 @@ async def test_cancelled_stop_still_releases_the_buffered_jobs(autojump_clock: t
         assert {s.status for s in await source.job_states()} == {"pending"}
 
 
+async def test_jobs_stop_could_not_release_are_released_or_named_by_the_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: a release that failed in stop() forgot the jobs, so an exit that could
+    # not release either raised nothing while their rows stayed claimed.
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2, 3])
+    with pytest.raises(DatabaseUnavailableError, match=r"could not release jobs \[1, 2, 3\]"):
+        async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+            await trio.sleep(1)
+            source.fail_next("release", DatabaseUnavailableError("down"))
+            assert len(await buf.stop()) == 3 and buf.stats().poll_errors == 1
+            source.fail_next("release_owner", DatabaseUnavailableError("down"), times=100)
+    assert {s.status for s in await source.job_states()} == {"claimed"}
+    # and when the database answers at the exit, they go back
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2, 3])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+        await trio.sleep(1)
+        source.fail_next("release", DatabaseUnavailableError("down"))
+        await buf.stop()
+    assert {s.status for s in await source.job_states()} == {"pending"}
+
+
 async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with open_job_buffer(MemoryJobSource(), "w", BufferConfig(poll_interval=1000)) as buf:
         good = Job(id=1, queue="default", payload=None)
