@@ -1,7 +1,7 @@
 """The ``jobbuf`` command: migrate, enqueue, status, requeue, demo.
 
-Every expected failure (bad input, unreachable database, missing schema) prints one line
-on stderr and exits with code 2; no traceback. SIGINT and SIGTERM become cancellation.
+Every expected failure (bad input, unreachable database, missing schema, an error the
+server reports) prints one line on stderr and exits with code 2; no traceback. SIGINT and SIGTERM become cancellation.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import trio
 
 from jobbuf_monitor.embedded import EmbeddedServerUnavailableError, cli_dsn, redact_dsn
@@ -30,25 +31,36 @@ Command = Callable[[PostgresJobSource, argparse.Namespace], Awaitable[None]]
 
 
 def _parser() -> argparse.ArgumentParser:
+    dsn_help = "PostgreSQL URL (default: $JOBBUF_DSN, else the embedded server)"
+    schema_help = "schema holding jobbuf's tables (default: jobbuf)"
     p = argparse.ArgumentParser(prog="jobbuf", description="Operate a jobbuf job table in PostgreSQL.")
-    p.add_argument("--dsn", help="PostgreSQL URL (default: $JOBBUF_DSN, else the embedded server)")
-    p.add_argument("--schema", default="jobbuf", help="schema holding jobbuf's tables (default: jobbuf)")
+    p.add_argument("--dsn", help=dsn_help)
+    p.add_argument("--schema", default="jobbuf", help=schema_help)
+    # The same two options after the command too (`jobbuf migrate --dsn ...`); given
+    # there, they win. SUPPRESS: absent, they leave the values from before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", default=argparse.SUPPRESS, help=dsn_help)
+    common.add_argument("--schema", default=argparse.SUPPRESS, help=schema_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
-    enq = sub.add_parser("enqueue", help="add jobs to a queue")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("migrate", "create or upgrade the schema (idempotent)")
+    enq = command("enqueue", "add jobs to a queue")
     enq.add_argument("queue")
     enq.add_argument("payload", help="the job's payload, as JSON")
     enq.add_argument("--count", type=int, default=1, help="how many copies to add (default 1)")
     enq.add_argument("--priority", type=int, default=0)
     enq.add_argument("--delay", type=float, default=0.0, help="seconds until the jobs become ready")
     enq.add_argument("--max-attempts", type=int, default=None)
-    st = sub.add_parser("status", help="counts per queue and status, and live workers")
+    st = command("status", "counts per queue and status, and live workers")
     st.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    rq = sub.add_parser("requeue", help="put dead jobs back to pending (attempts reset)")
+    rq = command("requeue", "put dead jobs back to pending (attempts reset)")
     rq.add_argument("queue")
     rq.add_argument("--dead", action="store_true", required=True, help="requeue dead jobs (required)")
     rq.add_argument("--id", type=int, action="append", dest="ids", help="only this job id (repeatable)")
-    demo = sub.add_parser("demo", help="run a demo workload until interrupted (the monitor shows it)")
+    demo = command("demo", "run a demo workload until interrupted (the monitor shows it)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return p
 
@@ -174,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args)
         dsn = cli_dsn(args.dsn)
         trio.run(_run, args, dsn)
-    except (JobbufError, ValueError, OSError, EmbeddedServerUnavailableError) as exc:
+    except (JobbufError, ValueError, OSError, EmbeddedServerUnavailableError, asyncpg.PostgresError) as exc:
+        # A server error jobbuf has no class for (permission denied, a read-only
+        # server, ...) is still the server's answer to this command: one line too.
         message = redact_dsn(str(exc)) if dsn else str(exc)
         print(f"jobbuf: error: {message}", file=sys.stderr)
         return 2

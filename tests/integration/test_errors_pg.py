@@ -192,6 +192,18 @@ def test_cli_migrate_enqueue_status_roundtrip(jobbuf_cli: Cli) -> None:
     assert (queue["queue"], queue["pending"], queue["claimed"]) == ("mail", 3, 0)
 
 
+def test_cli_takes_options_after_the_command_and_server_errors_are_one_line(jobbuf_dsn: str, jobbuf_cli: Cli) -> None:
+    # `jobbuf COMMAND --dsn ... --schema ...`, as the missing-schema hint writes it, works too.
+    migrate = _cli("jobbuf", "migrate", "--dsn", jobbuf_dsn, "--schema", jobbuf_cli.schema)
+    assert migrate.returncode == 0 and f"schema {jobbuf_cli.schema!r}" in migrate.stdout, migrate.stderr
+    # A server error jobbuf has no class for is one line too, not a traceback.
+    read_only = jobbuf_dsn + ("&" if "?" in jobbuf_dsn else "?") + "default_transaction_read_only=on"
+    result = _cli("jobbuf", "--schema", jobbuf_cli.schema, "enqueue", "mail", "{}", "--dsn", read_only)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "read-only transaction" in result.stderr
+
+
 def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str, jobbuf_cli: Cli) -> None:
     schema = jobbuf_cli.schema
     assert jobbuf_cli("migrate").returncode == 0
