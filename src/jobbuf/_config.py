@@ -63,7 +63,8 @@ class BufferConfig:
     heartbeat_interval: float | None = None
     """How often leases are extended (default: ``lease / 3``)."""
     stats_interval: float = 1.0
-    """How often the stats snapshot is published."""
+    """How often the stats snapshot is published (at least every ``heartbeat_interval``:
+    each lease extension publishes it too)."""
     max_attempts: int = 20
     """Default delivery limit for jobs enqueued without one."""
     queues: tuple[str, ...] = ("default",)
@@ -75,7 +76,8 @@ class BufferConfig:
     shutdown_timeout: float = 10.0
     """How long the exit may take, all of it: claims still in flight, the ack flush, the
     release and the deregistration. Also bounds ``stop()``'s cleanup, ``run_workers``'
-    cleanup, and each claim."""
+    cleanup, each claim, and each ack flush (past it, ``complete``/``fail`` raise
+    :class:`DatabaseUnavailableError`)."""
 
     def __post_init__(self) -> None:
         capacity = _number("capacity", self.capacity, integer=True)

@@ -155,7 +155,10 @@ class PostgresJobSource:
 
     # -- schema ----------------------------------------------------------------------------
     async def migrate(self) -> list[int]:
-        """Apply missing migrations under an advisory lock; return the versions applied."""
+        """Apply missing migrations under an advisory lock; return the versions applied.
+
+        No ``operation_timeout``: a migration may take long, or wait for another one's lock.
+        Bound it from outside (a trio deadline) if needed; cancelled, it rolls back."""
         sql = self._sql
 
         async def op(conn: Any) -> list[int]:
