@@ -66,12 +66,15 @@ class AckMethods:
     async def release(self, job: Job) -> bool:
         """Give a taken job back to the source unprocessed (attempt given back). Returns
         whether the row was released (False if its claim no longer matches)."""
-        self._in_flight.pop(job.id, None)
         try:
             released = await self._release([job])
         except DatabaseUnavailableError:
+            self._in_flight.pop(job.id, None)
             self._unconfirmed[job.id] = job  # still ours as far as we know (see __init__)
             raise
+        # Any other error, or a cancellation: still in flight, so still ours (its lease
+        # extended, and released at the exit; a release is guarded, so twice is harmless).
+        self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
         return job.id in released
 
@@ -83,13 +86,12 @@ class AckMethods:
             outcome: AckOutcome = "done" if ack.error is None else "retry"
         else:
             try:
-                # Cancelled after the ack joined a flush, the flush still settles it.
+                # Cancelled after the ack joined a flush, the flush still settles it (through
+                # _acked); cancelled before, the ack is withdrawn and the job stays in flight,
+                # still ours: acked again later, or released at the exit.
                 outcome = await self._acks.submit(ack, self._acked)
             except DatabaseUnavailableError as exc:
                 self._settle(job, None, exc)
-                raise
-            except BaseException:
-                self._in_flight.pop(job.id, None)
                 raise
         self._settle(job, outcome, None)
         if outcome == "lost":

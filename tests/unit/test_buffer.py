@@ -437,6 +437,37 @@ class SlowAckSource(MemoryJobSource):
         return await super().ack(acks, default_max_attempts=default_max_attempts)
 
 
+async def test_an_ack_or_release_cancelled_before_it_was_sent_keeps_the_job(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: complete() cancelled while its ack waited behind another flush (so it
+    # was withdrawn, nothing applied), or release() cancelled mid-call, dropped the job
+    # from the buffer's books: no lease extension, so the same live buffer later rescued
+    # it as if its holder had crashed (here, with max_attempts=1, it went dead).
+    class SlowSource(SlowAckSource):
+        async def release(self, jobs: Sequence[Job]) -> list[int]:
+            await trio.sleep(1)
+            return await super().release(jobs)
+
+    source = SlowSource()
+    await source.enqueue_many("default", [1, 2, 3], max_attempts=1)
+    async with open_job_buffer(source, "w", BufferConfig(lease=3, poll_interval=0.5)) as buf:
+        a, b, c = [await buf.take_job() for _ in range(3)]
+        assert a and b and c
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(buf.complete, a)  # leads a flush of 1 s
+            await trio.sleep(0.1)
+            with trio.move_on_after(0.2):  # b's ack waits its turn, then is withdrawn
+                await buf.complete(b)
+        with trio.move_on_after(0.5):
+            await buf.release(c)
+        assert buf.stats().in_flight == 2  # b and c: still ours
+        await trio.sleep(10)  # the buffer lives on, extending their leases
+        assert await _states(source) == {b.id: ("claimed", 1), c.id: ("claimed", 1)}
+        await buf.complete(b)  # b can still be acked
+    assert await _states(source) == {c.id: ("pending", 0)}  # and c went back at the exit
+
+
 async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
     # Regression: a complete() cancelled while another caller's flush carried its ack was
     # applied in the database but never counted in stats.
