@@ -413,6 +413,15 @@ class JobBuffer(AckMethods):
         jobs, self._discarded = self._discarded, []
         return jobs
 
+    async def _release_unseen(self) -> None:
+        """Release the rows this instance holds in the source that it does not know of
+        (claimed by a claim whose reply never came). Only while no claim is in flight:
+        one landing now would hold rows not in the books yet."""
+        keep = {job.id for job, _ in self._entries}
+        keep.update(self._in_flight, self._unconfirmed, self._handed_off, (job.id for job in self._discarded))
+        released = await self._source.release_owner(self._instance, keep=keep)
+        self._counters.released += len(released)
+
     async def _release_discarded(self) -> None:
         await self._release_keeping(self._take_discarded())
 

@@ -43,7 +43,12 @@ async def poll_loop(buf: JobBuffer) -> None:
     a TTL wake-up only sweeps (and an empty buffer's TTL timer runs every min(ttl, 0.8 x
     lease), so entries that arrive meanwhile are swept on time without extra polls).
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
-    they never end the loop. Stopped, it waits for its claims in flight to land.
+    they never end the loop. A claim that failed may still have committed (a reply lost
+    with its connection, or cut off by its deadline): its rows are claimed by this buffer,
+    which never saw them. So after a failed claim, once no claim is in flight, the next
+    round releases every row this buffer's instance holds in the source but not in its
+    books (``release_owner`` with everything it knows of as ``keep``), before it claims
+    again. Stopped, it waits for its claims in flight to land.
     """
     await _Poller(buf).run()
 
@@ -58,6 +63,7 @@ class _Poller:
         self.retry_at = -math.inf  # backing off after an error until then
         self.probing = True  # the last claim came back short: one claim at a time until one is full
         self.next_poll = 0.0  # when the next round claims even if nothing wakes the poller
+        self.orphans = False  # a claim failed: rows it committed may be claimed unseen
         # Only a batch_size below low_water can leave room for a second claim (see
         # _claim_limit); otherwise the claim runs inline, without a task to schedule first.
         self.pipelined = buf.config.claim_size < buf.config.low_water
@@ -72,6 +78,9 @@ class _Poller:
                     try:
                         await buf._release_discarded()
                         buf._sweep_stale()
+                        if self.orphans and not self.in_flight:
+                            await buf._release_unseen()
+                            self.orphans = False
                         if not sweep_only:
                             await self._claim_round(claims)
                     except Exception as exc:
@@ -100,6 +109,7 @@ class _Poller:
                 self.buf._wake.set()
             return full
         except Exception as exc:
+            self.orphans = True
             self._failed(exc)
             return False
         finally:

@@ -468,6 +468,47 @@ async def test_an_ack_or_release_cancelled_before_it_was_sent_keeps_the_job(
     assert await _states(source) == {c.id: ("pending", 0)}  # and c went back at the exit
 
 
+async def test_rows_of_a_claim_whose_reply_was_lost_go_back_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    # Regression: a claim that committed but failed on the way back (a lost reply, its
+    # deadline) left its rows claimed by the live buffer, unseen, until their lease lapsed
+    # and a claim rescued them, burning an attempt (here the only one: the job went dead).
+    source = MemoryJobSource()
+    await source.enqueue_many("default", ["x"], max_attempts=1)
+    source.fail_next("claim", DatabaseUnavailableError("reply lost"), after=True)
+    async with open_job_buffer(source, "w", BufferConfig(lease=3)) as buf:
+        job = await buf.take_job(timeout=2)  # well before the lease
+        assert job is not None and job.attempts == 1
+        assert buf.stats().poll_errors == 1 and buf.stats().released == 1
+        await buf.complete(job)
+    assert await _states(source) == {}
+
+
+async def test_only_rows_the_buffer_does_not_know_of_are_released_after_a_failed_claim(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    source = MemoryJobSource()
+    all_ids = await source.enqueue_many("default", list(range(4)), max_attempts=1)
+    async with open_job_buffer(source, "w", BufferConfig(capacity=2, low_water=1)) as buf:
+        await trio.sleep(0.1)
+        taken = await buf.take_job()  # in flight; one more buffered
+        assert taken is not None and buf.depth == 1
+        # A claim by this instance whose reply never came (as fail_next(after=True) makes):
+        (unseen,) = (
+            await source.claim(
+                owner=buf.instance, worker_id="w", queues=("default",), limit=1, lease=30.0, default_max_attempts=1
+            )
+        ).jobs
+        source.fail_next("claim", DatabaseUnavailableError("down"))
+        buffered = await buf.take_job()  # below low water: the next claim fails
+        await trio.sleep(0.01)
+        assert buffered is not None and buf.stats().poll_errors == 1 and buf.stats().released == 0
+        await trio.sleep(1)  # after the backoff: the unseen row is released, then claimed again
+        assert buf.stats().released == 1
+        assert await _states(source) == {i: ("claimed", 1) for i in all_ids}  # attempts: none burnt
+        ids = {taken.id, buffered.id, unseen.id}
+        assert len(ids) == 3 and buf.depth == 2 and unseen.id in {job.id for job, _ in buf._entries}
+
+
 async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
     # Regression: a complete() cancelled while another caller's flush carried its ack was
     # applied in the database but never counted in stats.
