@@ -69,6 +69,7 @@ class JobBuffer(AckMethods):
         self._instance = ""
         self._state = "new"  # new -> running -> stopped (poller gone) -> closed (run ended)
         self._stopping = False
+        self._exiting = False  # set when shutdown begins (see _drain)
         self._entries: deque[tuple[Job, float]] = deque()  # (job, trio time it entered)
         self._in_flight: dict[int, Job] = {}  # taken, not yet acked
         self._discarded: list[Job] = []  # TTL-discarded, awaiting release by the poller
@@ -207,7 +208,8 @@ class JobBuffer(AckMethods):
         releases them by owner, or names them in its error); with ``release=False`` the
         caller owns them (they keep their claim and can be offered to another buffer).
         Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
-        start it returns ``[]``. Afterwards ``take_job`` raises :class:`BufferClosedError`.
+        start it returns ``[]``, and so it does if the buffer's exit begins while it waits
+        for the poller (the exit releases the jobs). Afterwards ``take_job`` raises :class:`BufferClosedError`.
         """
         if join_timeout is not None and (isinstance(join_timeout, bool) or not join_timeout >= 0):
             raise ConfigError(f"join_timeout={join_timeout!r} is invalid: pass seconds >= 0, or None to wait")
@@ -236,6 +238,8 @@ class JobBuffer(AckMethods):
             if self._poller_scope is not None:
                 self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
                 await self._poller_done.wait()
+            if self._exiting:  # the exit began meanwhile, and releases what it found: hand out nothing
+                return []
             jobs = [job for job, _ in self._entries]
             self._entries.clear()
             if not release:

@@ -31,6 +31,7 @@ async def shutdown(buf: JobBuffer) -> None:
     raises one :class:`DatabaseUnavailableError` naming the unreleased job ids; they
     return to pending when their lease expires.
     """
+    buf._exiting = True  # from here on the exit owns what the buffer holds: stop() hands out nothing
     cfg, source, instance = buf.config, buf._source, buf._instance
     held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
     # An ack that failed for want of the database left its row claimed (as far as we know):

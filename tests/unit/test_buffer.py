@@ -799,6 +799,48 @@ async def test_jobs_stop_could_not_release_are_released_or_named_by_the_exit(
     assert {s.status for s in await source.job_states()} == {"pending"}
 
 
+async def test_stop_racing_the_exit_never_hands_out_jobs_the_exit_releases(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: stop(release=False) waiting for a slow claim when the exit began handed
+    # the caller the jobs the exit then released (offered-in ones, under another claim):
+    # the caller held jobs whose rows were pending again, free for anyone to claim.
+    class SlowClaims(SlowAckSource):
+        slow = False
+
+        async def claim(self, **kw: Any) -> ClaimResult:
+            if self.slow:
+                await trio.sleep(2)
+            return await super().claim(**kw)
+
+    source = SlowClaims()
+    await source.enqueue_many("default", [1, 2, 3])
+    async with open_job_buffer(source, "a", BufferConfig(poll_interval=1000)) as a:
+        await trio.sleep(0.01)
+        moved = await a.stop(release=False)  # claimed by a, handed off
+    source.slow = True
+    got: list[Job] = []
+    cfg = BufferConfig(capacity=10, low_water=10, poll_interval=0.05)
+    async with trio.open_nursery() as outer, open_job_buffer(source, "b", cfg) as b:
+        assert b.offer_jobs(moved) == 3
+        taken = await b.take_job()
+        assert taken is not None
+        await trio.sleep(0.1)  # b's claim is in flight (2 s)
+
+        async def stopper() -> None:
+            got.extend(await b.stop(release=False))  # waits for that claim
+
+        outer.start_soon(stopper)
+        await trio.sleep(1.4)
+        outer.start_soon(b.complete, taken)  # a flush of 1 s, still in flight when...
+        await trio.sleep(0.1)
+        # ...b's exit begins, while stop() waits: the exit's drain of that flush lets
+        # stop() run in the middle of the exit
+    states = {s.id: s.status for s in await source.job_states()}
+    assert all(states[job.id] == "claimed" for job in got), (got, states)  # whatever stop() handed out is held
+    assert got or set(states.values()) <= {"pending", "done"}  # and what it did not, went back
+
+
 async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with open_job_buffer(MemoryJobSource(), "w", BufferConfig(poll_interval=1000)) as buf:
         good = Job(id=1, queue="default", payload=None)
