@@ -159,22 +159,27 @@ COMMANDS: dict[str, Command] = {
 
 
 async def _run(args: argparse.Namespace, dsn: str) -> None:
-    # SIGINT/SIGTERM cancel the work (a raw KeyboardInterrupt can hang trio-asyncio).
+    # SIGINT/SIGTERM cancel the work (a raw KeyboardInterrupt can hang trio-asyncio). The
+    # watcher is not in the cancelled scope, so it goes on receiving until the cleanup,
+    # bounded by its deadlines, has ended: a second Ctrl-C meanwhile is absorbed, not
+    # raised in the middle of it.
     import signal
 
     with single_error():
         async with trio.open_nursery() as nursery:
+            work = trio.CancelScope()
 
-            async def watch_signals() -> None:
+            async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    task_status.started()
                     async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        return
+                        work.cancel()
 
-            nursery.start_soon(watch_signals)
-            migrate = args.command in ("migrate", "demo")
-            async with open_postgres_source(dsn, schema=args.schema, migrate=migrate) as source:
-                await COMMANDS[args.command](source, args)
+            await nursery.start(watch_signals)
+            with work:
+                migrate = args.command in ("migrate", "demo")
+                async with open_postgres_source(dsn, schema=args.schema, migrate=migrate) as source:
+                    await COMMANDS[args.command](source, args)
             nursery.cancel_scope.cancel()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +204,42 @@ def test_cli_takes_options_after_the_command_and_server_errors_are_one_line(jobb
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert "read-only transaction" in result.stderr
+
+
+def test_cli_a_second_ctrl_c_during_the_cleanup_is_absorbed(jobbuf_dsn: str, jobbuf_cli: Cli) -> None:
+    # Regression: the first SIGINT closed the signal receiver, so a second one raised a raw
+    # KeyboardInterrupt in the middle of the cleanup (which can hang trio-asyncio).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobbuf", "--schema", jobbuf_cli.schema, "demo"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "JOBBUF_DSN": jobbuf_dsn},
+    )  # fmt: skip
+    locked, done = threading.Event(), threading.Event()
+
+    async def hold_the_jobs_table() -> None:  # the exit's acks and releases wait for it
+        conn = await asyncpg.connect(jobbuf_dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{jobbuf_cli.schema}".jobs IN ACCESS EXCLUSIVE MODE')
+                locked.set()
+                await asyncio.sleep(2)
+        finally:
+            await conn.close()
+            done.set()
+
+    try:
+        assert "running" in (proc.stdout.readline() if proc.stdout else ""), "the demo did not start"
+        threading.Thread(target=asyncio.run, args=(hold_the_jobs_table(),), daemon=True).start()
+        assert locked.wait(30)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the exit is waiting for the lock now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        done.wait(30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
 def test_cli_requeue_puts_dead_jobs_back(jobbuf_dsn: str, jobbuf_cli: Cli) -> None:
