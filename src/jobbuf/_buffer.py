@@ -312,9 +312,13 @@ class JobBuffer(AckMethods):
         claimed jobs between buffers, take them from ``stop(release=False)`` of the first:
         a job still held (buffered or taken) by a running buffer is released when that
         buffer exits. All-or-nothing on bad input: a non-``Job`` is a ``TypeError``.
+        Raises :class:`BufferClosedError` once stopped, and before start: a buffer that
+        never ran could not give offered jobs back (``stop()`` then returns ``[]``).
         """
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
+        if self._state == "new":
+            raise BufferClosedError(f"buffer {self._worker_id!r} has not started: offer jobs once it runs")
         accepted = list(itertools.islice(jobs, self._free()))
         for job in accepted:
             if not isinstance(job, Job):

@@ -37,7 +37,8 @@ class BufferAlreadyRunningError(JobbufError, RuntimeError):
 
 
 class BufferClosedError(JobbufError):
-    """The buffer was stopped: it hands out no more jobs and accepts no more acks."""
+    """The buffer was stopped: it hands out no more jobs and accepts no more acks. Also
+    raised by ``offer_jobs`` before the buffer has started."""
 
 
 class LeaseLostError(JobbufError):

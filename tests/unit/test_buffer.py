@@ -271,6 +271,8 @@ async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClo
 
 async def test_stop_before_start_returns_empty_and_second_run_raises() -> None:
     buf = JobBuffer(MemoryJobSource(), "w")
+    with pytest.raises(BufferClosedError, match="has not started"):  # it could not give them back
+        buf.offer_jobs([Job(id=1, queue="default", payload=None)])
     assert await buf.stop() == []
     with trio.fail_after(5):
         async with open_job_buffer(MemoryJobSource(), "w") as running:
