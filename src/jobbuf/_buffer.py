@@ -429,6 +429,8 @@ class JobBuffer(AckMethods):
         keep.update(self._in_flight, self._unconfirmed, self._handed_off, (job.id for job in self._discarded))
         released = await self._source.release_owner(self._instance, keep=keep)
         self._counters.released += len(released)
+        if released:
+            self._wake.set()  # ready again: claim them
 
     async def _release_discarded(self) -> None:
         await self._release_keeping(self._take_discarded())

@@ -45,10 +45,11 @@ async def poll_loop(buf: JobBuffer) -> None:
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
     they never end the loop. A claim that failed may still have committed (a reply lost
     with its connection, or cut off by its deadline): its rows are claimed by this buffer,
-    which never saw them. So after a failed claim, once no claim is in flight, the next
-    round releases every row this buffer's instance holds in the source but not in its
-    books (``release_owner`` with everything it knows of as ``keep``), before it claims
-    again. Stopped, it waits for its claims in flight to land.
+    which never saw them. So after a failed claim, the first round whose claim works again
+    and that ends with no claim in flight releases every row this buffer's instance holds
+    in the source but not in its books (``release_owner`` with everything it knows of as
+    ``keep``), and wakes the loop to claim them again. Stopped, it waits for its claims in
+    flight to land.
     """
     await _Poller(buf).run()
 
@@ -78,11 +79,13 @@ class _Poller:
                     try:
                         await buf._release_discarded()
                         buf._sweep_stale()
-                        if self.orphans and not self.in_flight:
-                            await buf._release_unseen()
-                            self.orphans = False
                         if not sweep_only:
                             await self._claim_round(claims)
+                        if self.orphans and not self.in_flight and not self.failures:
+                            # Only once a claim has just worked: during an outage this
+                            # would retry for retry_timeout instead of backing off.
+                            await buf._release_unseen()
+                            self.orphans = False
                     except Exception as exc:
                         self._failed(exc)
                 sweep_only = await self._sleep(wake)

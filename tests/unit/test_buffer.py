@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import Any
 
@@ -485,6 +485,32 @@ async def test_rows_of_a_claim_whose_reply_was_lost_go_back_at_once(autojump_clo
     assert await _states(source) == {}
 
 
+async def test_unseen_rows_are_released_only_once_a_claim_works_again(autojump_clock: trio.testing.MockClock) -> None:
+    # During an outage the release would only retry (for retry_timeout, in the PostgreSQL
+    # source) and keep the poller from its backoff sleep, so stop() waited for it.
+    class Counting(MemoryJobSource):
+        releases = 0
+
+        async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
+            self.releases += 1
+            return await super().release_owner(owner, keep)
+
+    source = Counting()
+    await source.enqueue_many("default", ["x"])
+    source.fail_next("claim", DatabaseUnavailableError("down"), times=20)
+    async with open_job_buffer(source, "w") as buf:
+        await trio.sleep(5)
+        assert buf.stats().poll_errors > 5 and source.releases == 0
+        with trio.fail_after(0.01):
+            assert await buf.stop() == []  # at once: the poller was backing off
+    source = Counting()
+    await source.enqueue_many("default", ["x"])
+    source.fail_next("claim", DatabaseUnavailableError("down"), times=3)
+    async with open_job_buffer(source, "w") as buf:
+        assert await buf.take_job(timeout=30) is not None
+        assert source.releases == 1
+
+
 async def test_only_rows_the_buffer_does_not_know_of_are_released_after_a_failed_claim(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -504,11 +530,12 @@ async def test_only_rows_the_buffer_does_not_know_of_are_released_after_a_failed
         buffered = await buf.take_job()  # below low water: the next claim fails
         await trio.sleep(0.01)
         assert buffered is not None and buf.stats().poll_errors == 1 and buf.stats().released == 0
-        await trio.sleep(1)  # after the backoff: the unseen row is released, then claimed again
-        assert buf.stats().released == 1
-        assert await _states(source) == {i: ("claimed", 1) for i in all_ids}  # attempts: none burnt
-        ids = {taken.id, buffered.id, unseen.id}
-        assert len(ids) == 3 and buf.depth == 2 and unseen.id in {job.id for job, _ in buf._entries}
+        await trio.sleep(1)  # after the backoff a claim works again: then the unseen row is released
+        assert buf.stats().released == 1 and len({taken.id, buffered.id, unseen.id}) == 3
+        states = await _states(source)
+        assert states[taken.id] == states[buffered.id] == ("claimed", 1)  # what the buffer holds stays
+        assert states[unseen.id] in {("pending", 0), ("claimed", 1)}  # back, with no attempt burnt
+        assert set(all_ids) == set(states)
 
 
 async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
