@@ -70,6 +70,8 @@ class JobBuffer(AckMethods):
         self._state = "new"  # new -> running -> stopped (poller gone) -> closed (run ended)
         self._stopping = False
         self._exiting = False  # set when shutdown begins (see _drain)
+        self._stop_drained = trio.Event()  # clear while stop() releases what it drained
+        self._stop_drained.set()
         self._entries: deque[tuple[Job, float]] = deque()  # (job, trio time it entered)
         self._in_flight: dict[int, Job] = {}  # taken, not yet acked
         self._discarded: list[Job] = []  # TTL-discarded, awaiting release by the poller
@@ -244,10 +246,13 @@ class JobBuffer(AckMethods):
             self._entries.clear()
             if not release:
                 self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
+            self._stop_drained = drained = trio.Event()
             try:
                 await self._release_keeping((jobs if release else []) + self._take_discarded())
             except Exception as exc:  # kept: the exit releases them by owner, or names them
                 self._record_error("stop", exc)
+            finally:
+                drained.set()
         return jobs
 
     # -- the hot path --------------------------------------------------------------------

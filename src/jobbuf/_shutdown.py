@@ -33,19 +33,20 @@ async def shutdown(buf: JobBuffer) -> None:
     """
     buf._exiting = True  # from here on the exit owns what the buffer holds: stop() hands out nothing
     cfg, source, instance = buf.config, buf._source, buf._instance
-    held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
-    # An ack that failed for want of the database left its row claimed (as far as we know):
-    # release_owner covers it when the database answers; otherwise it is unreleased too.
-    known = {job.id for job in held}
-    held += [job for job in buf._unconfirmed.values() if job.id not in known]
-    foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
     failure: BaseException | None = None
+    settled = False  # whether the waits below ended (else what they settle is read again)
     exit_deadline = min(buf._exit_deadline, trio.current_time() + cfg.shutdown_timeout)
     buf._acks.add_cutoff(exit_deadline)  # a flush the drain leads must end by it too
     with trio.CancelScope(shield=True):
         with trio.CancelScope(deadline=exit_deadline) as deadline:
             try:
-                await buf._acks.drain()  # acks already submitted land before the release
+                # A stop() releasing right now puts what it could not release back into the
+                # books, and acks already submitted land: both before the books are read.
+                await buf._stop_drained.wait()
+                await buf._acks.drain()
+                settled = True
+                held = _held(buf)
+                foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
                 buf._entries.clear()
                 buf._discarded = []
                 released = await source.release_owner(instance, keep=buf._handed_off)
@@ -61,6 +62,8 @@ async def shutdown(buf: JobBuffer) -> None:
             finally:
                 buf._acks.remove_cutoff(exit_deadline)
         buf._state = "closed"
+        if not settled:
+            held = _held(buf)
         if held and (failure is not None or deadline.cancelled_caught):
             timed_out = f"no answer within shutdown_timeout ({cfg.shutdown_timeout:g}s)"
             reason = f"{failure}" if failure is not None else timed_out
@@ -70,6 +73,14 @@ async def shutdown(buf: JobBuffer) -> None:
             ) from failure
         if failure is not None or deadline.cancelled_caught:
             log.warning("jobbuf buffer %r: deregistration failed: %s", buf.worker_id, failure or "timeout")
+
+
+def _held(buf: JobBuffer) -> list[Job]:
+    """Everything ``buf`` holds: buffered, taken, discarded, and jobs whose ack failed for
+    want of the database (their rows are still claimed, as far as we know)."""
+    held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
+    known = {job.id for job in held}
+    return held + [job for job in buf._unconfirmed.values() if job.id not in known]
 
 
 def _some_ids(jobs: list[Job], shown: int = 20) -> str:

@@ -870,6 +870,42 @@ async def test_stop_racing_the_exit_never_hands_out_jobs_the_exit_releases(
     assert got or set(states.values()) <= {"pending", "done"}  # and what it did not, went back
 
 
+async def test_jobs_a_stop_fails_to_release_while_the_exit_begins_are_released_by_the_exit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: the exit read its books before a stop() still releasing had put back the
+    # jobs it failed to release; offered-in ones (under another buffer's claim, so not
+    # covered by the release by owner) were then neither released nor named.
+    class Source(SlowAckSource):
+        fail_release = False
+
+        async def release(self, jobs: Sequence[Job]) -> list[int]:
+            if self.fail_release and jobs:
+                self.fail_release = False  # once: the exit's own release works
+                await trio.sleep(1)
+                raise DatabaseUnavailableError("release reply lost")
+            return await super().release(jobs)
+
+    source = Source()
+    await source.enqueue_many("default", [1, 2, 3])
+    async with open_job_buffer(source, "a", BufferConfig(poll_interval=1000)) as a:
+        await trio.sleep(0.01)
+        moved = await a.stop(release=False)
+    cfg = BufferConfig(poll_interval=1000, capacity=10, low_water=1)
+    async with trio.open_nursery() as outer, open_job_buffer(source, "b", cfg) as b:
+        assert b.offer_jobs(moved) == 3
+        taken = await b.take_job()
+        assert taken is not None
+        outer.start_soon(b.complete, taken)  # an ack in flight (1 s) when the exit begins
+        await trio.sleep(0.1)
+        source.fail_release = True
+        outer.start_soon(b.stop)  # releases the other two: slowly, and fails
+        await trio.sleep(0.1)
+        # the exit begins while stop()'s release is pending
+    assert b.stats().poll_errors == 1
+    assert await _states(source) == {job.id: ("pending", 0) for job in moved if job.id != taken.id}
+
+
 async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with open_job_buffer(MemoryJobSource(), "w", BufferConfig(poll_interval=1000)) as buf:
         good = Job(id=1, queue="default", payload=None)
