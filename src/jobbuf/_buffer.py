@@ -69,6 +69,7 @@ class JobBuffer(AckMethods):
         self._instance = ""
         self._state = "new"  # new -> running -> stopped (poller gone) -> closed (run ended)
         self._stopping = False
+        self._started = False  # run() has started (offers are taken from then on)
         self._exiting = False  # set when shutdown begins (see _drain)
         self._stop_drained = trio.Event()  # clear while stop() releases what it drained
         self._stop_drained.set()
@@ -171,6 +172,7 @@ class JobBuffer(AckMethods):
                 nursery.start_soon(self._run_poller)
                 nursery.start_soon(_poller.heartbeat_loop, self)
                 nursery.start_soon(self._fix_exit_deadline_when_cancelled)
+                self._started = True
                 task_status.started()
         finally:
             unsubscribe()
@@ -317,12 +319,12 @@ class JobBuffer(AckMethods):
         claimed jobs between buffers, take them from ``stop(release=False)`` of the first:
         a job still held (buffered or taken) by a running buffer is released when that
         buffer exits. All-or-nothing on bad input: a non-``Job`` is a ``TypeError``.
-        Raises :class:`BufferClosedError` once stopped, and before start: a buffer that
-        never ran could not give offered jobs back (``stop()`` then returns ``[]``).
+        Raises :class:`BufferClosedError` once stopped, and before ``run`` has started
+        (while it starts too): a buffer whose start fails could not give them back.
         """
         if self._stopping:
             raise BufferClosedError(f"buffer {self._worker_id!r} is stopped")
-        if self._state == "new":
+        if not self._started:
             raise BufferClosedError(f"buffer {self._worker_id!r} has not started: offer jobs once it runs")
         accepted = list(itertools.islice(jobs, self._free()))
         for job in accepted:

@@ -269,6 +269,30 @@ async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClo
             buf.offer_jobs([])
 
 
+async def test_offer_jobs_while_the_buffer_starts_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    # A start that then failed would have stranded them: no exit releases them.
+    class SlowStart(MemoryJobSource):
+        async def heartbeat(self, *args: Any, **kwargs: Any) -> None:  # the first touch of the source
+            await trio.sleep(1)
+            raise DatabaseUnavailableError("down")
+
+    buf = JobBuffer(SlowStart(), "w")
+    refused: list[BaseException] = []
+
+    async def offer_meanwhile() -> None:
+        await trio.sleep(0.5)
+        try:
+            buf.offer_jobs([Job(id=1, queue="default", payload=None)])
+        except BufferClosedError as exc:
+            refused.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(offer_meanwhile)
+        with pytest.raises(DatabaseUnavailableError):
+            await nursery.start(buf.run)
+    assert len(refused) == 1 and buf.depth == 0
+
+
 async def test_stop_before_start_returns_empty_and_second_run_raises() -> None:
     buf = JobBuffer(MemoryJobSource(), "w")
     with pytest.raises(BufferClosedError, match="has not started"):  # it could not give them back
