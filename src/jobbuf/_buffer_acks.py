@@ -123,14 +123,17 @@ class AckMethods:
             raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {job.id} refused")
 
     def _settle(self, job: Job, outcome: AckOutcome | None, error: BaseException | None) -> None:
-        """Bookkeeping once an ack's fate is known, on both paths: the job leaves the
-        in-flight set; an ack the database could not confirm keeps it on record (the
-        shutdown error names it); a known outcome is counted."""
-        self._in_flight.pop(job.id, None)
-        if error is not None or outcome is None:
+        """Bookkeeping once an ack's flush ended, on both paths: with a known outcome the
+        job leaves the in-flight set and the outcome is counted; an ack the database could
+        not confirm (it may have been applied) moves the job to the unconfirmed record (the
+        shutdown error names it); any other failure applied nothing, so the job stays in
+        flight, still this buffer's (its lease extended, released at the exit)."""
+        if outcome is None:
             if isinstance(error, DatabaseUnavailableError):
+                self._in_flight.pop(job.id, None)
                 self._unconfirmed[job.id] = job
             return
+        self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
         self._count_outcome(outcome)
 

@@ -562,6 +562,28 @@ async def test_only_rows_the_buffer_does_not_know_of_are_released_after_a_failed
         assert set(all_ids) == set(states)
 
 
+async def test_a_run_workers_ack_that_failed_without_applying_keeps_the_job(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: an ack flush that failed with an error other than "database unavailable"
+    # (a server error: nothing applied) dropped the job from the books, so the live buffer
+    # stopped extending its lease and later rescued it from itself (here: dead).
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", ["x"], max_attempts=1)
+    source.fail_next("ack", RuntimeError("server error, nothing applied"))
+
+    async def handler(job: Job) -> None:
+        return None
+
+    cfg = BufferConfig(lease=3, poll_interval=0.5)
+    async with open_job_buffer(source, "w", cfg) as buf, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_workers, buf, handler))
+        await trio.sleep(10)
+        assert buf.stats().in_flight == 1 and await _states(source) == {job_id: ("claimed", 1)}
+        nursery.cancel_scope.cancel()
+    assert await _states(source) == {job_id: ("pending", 0)}  # released at the exit
+
+
 async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
     # Regression: a complete() cancelled while another caller's flush carried its ack was
     # applied in the database but never counted in stats.
