@@ -90,6 +90,7 @@ class JobBuffer(AckMethods):
         self._on_acked = self._acked  # bound once: a bound method made per ack is one more object per job
         self._worker: WorkerInfo | None = None
         self._leases_extended_at = -math.inf  # trio time of the last successful extension
+        self._answered_at = -math.inf  # trio time the last successful heartbeat began
         self._claiming = 0  # rows asked for by claims in flight
         # Fixed when run is cancelled (see _fix_exit_deadline_when_cancelled): the claims
         # then in flight end before it, and the shutdown after them ends by it, so their

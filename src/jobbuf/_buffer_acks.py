@@ -31,6 +31,8 @@ class AckMethods:
     _unconfirmed: dict[int, Job]
     _counters: Counters
     _on_acked: OnAcked  # self._acked, bound once
+    _discarded: list[Job]
+    _wake: trio.Event
 
     async def _release(self, jobs: list[Job]) -> list[int]:
         raise NotImplementedError  # JobBuffer's
@@ -112,7 +114,17 @@ class AckMethods:
             self._acks.submit_nowait(ack, self._on_acked)
 
     def _acked(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
-        self._settle(ack.job, outcome, error)
+        # An ack nobody waits for (run_workers', or an abandoned complete()'s). One that
+        # failed without applying anything will not be sent again: give the job back (the
+        # poller releases it, guarded by its claim, the attempt given back) so it is
+        # delivered again, rather than holding it for the buffer's whole life.
+        job = ack.job
+        if outcome is None and error is not None and not isinstance(error, DatabaseUnavailableError):
+            if self._in_flight.pop(job.id, None) is not None:
+                self._discarded.append(job)
+                self._wake.set()
+        else:
+            self._settle(job, outcome, error)
         if error is not None:
             log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, ack.job.id, error)
         elif outcome == "lost":

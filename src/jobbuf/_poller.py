@@ -45,11 +45,11 @@ async def poll_loop(buf: JobBuffer) -> None:
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
     they never end the loop. A claim that failed may still have committed (a reply lost
     with its connection, or cut off by its deadline): its rows are claimed by this buffer,
-    which never saw them. So after a failed claim, the first round whose claim works again
-    and that ends with no claim in flight releases every row this buffer's instance holds
-    in the source but not in its books (``release_owner`` with everything it knows of as
-    ``keep``), and wakes the loop to claim them again. Stopped, it waits for its claims in
-    flight to land.
+    which never saw them. So after a failed claim, the first round that ends with no claim
+    in flight, once the database has answered again (a claim or a heartbeat worked),
+    releases every row this buffer's instance holds in the source but not in its books
+    (``release_owner`` with everything it knows of as ``keep``), and wakes the loop to
+    claim them again. Stopped, it waits for its claims in flight to land.
     """
     await _Poller(buf).run()
 
@@ -65,6 +65,7 @@ class _Poller:
         self.probing = True  # the last claim came back short: one claim at a time until one is full
         self.next_poll = 0.0  # when the next round claims even if nothing wakes the poller
         self.orphans = False  # a claim failed: rows it committed may be claimed unseen
+        self.failed_at = -math.inf  # when the last claim failed
         # Only a batch_size below low_water can leave room for a second claim (see
         # _claim_limit); otherwise the claim runs inline, without a task to schedule first.
         self.pipelined = buf.config.claim_size < buf.config.low_water
@@ -81,14 +82,18 @@ class _Poller:
                         buf._sweep_stale()
                         if not sweep_only:
                             await self._claim_round(claims)
-                        if self.orphans and not self.in_flight and not self.failures:
-                            # Only once a claim has just worked: during an outage this
-                            # would retry for retry_timeout instead of backing off.
+                        if self.orphans and not self.in_flight and self._answered_since_failure():
                             await buf._release_unseen()
                             self.orphans = False
                     except Exception as exc:
                         self._failed(exc)
                 sweep_only = await self._sleep(wake)
+
+    def _answered_since_failure(self) -> bool:
+        """Whether the database has answered since the last claim failed (a claim worked,
+        or a heartbeat did): only then is the release of unseen rows tried, since during
+        an outage it would retry for retry_timeout instead of backing off."""
+        return not self.failures or self.buf._answered_at > self.failed_at
 
     async def _claim_round(self, claims: trio.Nursery) -> None:
         buf = self.buf
@@ -112,7 +117,7 @@ class _Poller:
                 self.buf._wake.set()
             return full
         except Exception as exc:
-            self.orphans = True
+            self.orphans, self.failed_at = True, trio.current_time()
             self._failed(exc)
             return False
         finally:
@@ -153,6 +158,7 @@ async def heartbeat_loop(buf: JobBuffer) -> None:
         except Exception as exc:
             buf._record_error("heartbeat", exc)
             continue
+        buf._answered_at = started
         if extend:
             buf._leases_extended_at = started  # the new leases count from before the call
             next_extension = trio.current_time() + cfg.heartbeat_every

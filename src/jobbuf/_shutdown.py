@@ -50,6 +50,7 @@ async def shutdown(buf: JobBuffer) -> None:
                 buf._entries.clear()
                 buf._discarded = []
                 released = await source.release_owner(instance, keep=buf._handed_off)
+                held = foreign  # the rest were this instance's own claims: released now
                 if foreign:
                     released += await source.release(foreign)
                 buf._counters.released += len(released)

@@ -562,26 +562,47 @@ async def test_only_rows_the_buffer_does_not_know_of_are_released_after_a_failed
         assert set(all_ids) == set(states)
 
 
-async def test_a_run_workers_ack_that_failed_without_applying_keeps_the_job(
+async def test_a_run_workers_ack_that_failed_without_applying_gives_the_job_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Regression: an ack flush that failed with an error other than "database unavailable"
     # (a server error: nothing applied) dropped the job from the books, so the live buffer
-    # stopped extending its lease and later rescued it from itself (here: dead).
+    # stopped extending its lease and later rescued it from itself (here: dead). Nobody
+    # sends that ack again, so the job is released (attempt given back) and redelivered.
     source = MemoryJobSource()
-    (job_id,) = await source.enqueue_many("default", ["x"], max_attempts=1)
+    await source.enqueue_many("default", ["x"], max_attempts=1)
     source.fail_next("ack", RuntimeError("server error, nothing applied"))
+    runs = 0
 
     async def handler(job: Job) -> None:
-        return None
+        nonlocal runs
+        runs += 1
 
     cfg = BufferConfig(lease=3, poll_interval=0.5)
     async with open_job_buffer(source, "w", cfg) as buf, trio.open_nursery() as nursery:
         nursery.start_soon(partial(run_workers, buf, handler))
         await trio.sleep(10)
-        assert buf.stats().in_flight == 1 and await _states(source) == {job_id: ("claimed", 1)}
+        assert runs == 2 and buf.stats().completed == 1 and buf.stats().in_flight == 0
+        assert buf.stats().released == 1 and await _states(source) == {}
         nursery.cancel_scope.cancel()
-    assert await _states(source) == {job_id: ("pending", 0)}  # released at the exit
+
+
+async def test_unseen_rows_are_released_when_no_claim_is_needed_once_the_database_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A buffer at low water (here filled by offers) makes no claim: the heartbeat tells
+    # that the database answers again, and the rows of the failed claim go back.
+    source = MemoryJobSource()
+    cfg = BufferConfig(capacity=10, low_water=5, lease=3, poll_interval=0.5)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(1)
+        source.fail_next("claim", DatabaseUnavailableError("reply lost"), after=True)
+        ids = await source.enqueue_many("default", ["a", "b"], max_attempts=1)  # the claim commits, then fails
+        await trio.sleep(0.01)
+        assert buf.depth == 0 and buf.stats().poll_errors == 1
+        buf.offer_jobs([Job(id=-i, queue="default", payload=i) for i in range(1, 7)])  # depth 6 >= low water
+        await trio.sleep(2)
+        assert buf.stats().released == 2 and await _states(source) == {i: ("pending", 0) for i in ids}
 
 
 async def test_complete_cancelled_inside_a_flush_is_still_counted(autojump_clock: trio.testing.MockClock) -> None:
@@ -950,6 +971,22 @@ async def test_jobs_a_stop_fails_to_release_while_the_exit_begins_are_released_b
         # the exit begins while stop()'s release is pending
     assert b.stats().poll_errors == 1
     assert await _states(source) == {job.id: ("pending", 0) for job in moved if job.id != taken.id}
+
+
+async def test_the_exit_names_only_the_jobs_it_could_not_release(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", ["x"])
+    cfg = BufferConfig(capacity=1, low_water=1)
+    async with open_job_buffer(source, "a", cfg) as a:
+        await trio.sleep(0.1)
+        (x,) = await a.stop(release=False)  # handed off: still claimed by a
+    (y_id,) = await source.enqueue_many("default", ["y"])
+    with pytest.raises(DatabaseUnavailableError, match=rf"could not release jobs \[{x.id}\]"):
+        async with open_job_buffer(source, "b", cfg) as b:
+            assert (await b.take_job()) is not None  # b's own claim: released by owner
+            assert b.offer_jobs([x]) == 1  # under a's claim: released by that claim, which fails
+            source.fail_next("release", DatabaseUnavailableError("down"))
+    assert await _states(source) == {x.id: ("claimed", 1), y_id: ("pending", 0)}
 
 
 async def test_offer_jobs_with_a_bad_item_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
