@@ -214,7 +214,8 @@ class JobBuffer(AckMethods):
         caller owns them (they keep their claim and can be offered to another buffer).
         Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
         start it returns ``[]``, and so it does if the buffer's exit begins while it waits
-        for the poller (the exit releases the jobs). Afterwards ``take_job`` raises :class:`BufferClosedError`.
+        for the poller (the exit releases the jobs). Afterwards ``take_job`` raises
+        :class:`BufferClosedError`.
         """
         if join_timeout is not None and (isinstance(join_timeout, bool) or not join_timeout >= 0):
             raise ConfigError(f"join_timeout={join_timeout!r} is invalid: pass seconds >= 0, or None to wait")

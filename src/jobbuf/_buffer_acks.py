@@ -135,11 +135,12 @@ class AckMethods:
             raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {job.id} refused")
 
     def _settle(self, job: Job, outcome: AckOutcome | None, error: BaseException | None) -> None:
-        """Bookkeeping once an ack's flush ended, on both paths: with a known outcome the
-        job leaves the in-flight set and the outcome is counted; an ack the database could
-        not confirm (it may have been applied) moves the job to the unconfirmed record (the
-        shutdown error names it); any other failure applied nothing, so the job stays in
-        flight, still this buffer's (its lease extended, released at the exit)."""
+        """Bookkeeping once an ack's flush ended: with a known outcome the job leaves the
+        in-flight set and the outcome is counted; an ack the database could not confirm (it
+        may have been applied) moves the job to the unconfirmed record (the shutdown error
+        names it). Otherwise (an error that applied nothing, for a caller that got it; a
+        flush cut short) the job stays in flight, still this buffer's: its lease extended,
+        acked again or released at the exit."""
         if outcome is None:
             if isinstance(error, DatabaseUnavailableError):
                 self._in_flight.pop(job.id, None)

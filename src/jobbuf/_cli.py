@@ -1,7 +1,8 @@
 """The ``jobbuf`` command: migrate, enqueue, status, requeue, demo.
 
 Every expected failure (bad input, unreachable database, missing schema, an error the
-server reports) prints one line on stderr and exits with code 2; no traceback. SIGINT and SIGTERM become cancellation.
+server reports) prints one line on stderr and exits with code 2; no traceback. SIGINT and
+SIGTERM become cancellation.
 """
 
 from __future__ import annotations
