@@ -81,6 +81,7 @@ class JobBuffer(AckMethods):
         # by us. Not held (no lease extension for a job nobody works on), but a shutdown that
         # cannot reach the database names them among the unreleased jobs.
         self._unconfirmed: dict[int, Job] = {}
+        self._given_back: set[int] = set()  # see AckMethods._acked
         self._takers = trio.lowlevel.ParkingLot()
         self._wake = trio.Event()
         self._poller_scope: trio.CancelScope | None = None

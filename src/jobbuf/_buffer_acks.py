@@ -20,6 +20,14 @@ __all__ = ["AckMethods"]
 log = logging.getLogger("jobbuf.buffer")
 
 
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: ``text`` refuses NUL and lone surrogates, and
+    an ack carrying them would be refused every time (its job given back, run, refused...)."""
+    if "\x00" in text or not text.isprintable():
+        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class AckMethods:
     """Acks of a buffer's jobs; mixed into :class:`~jobbuf.JobBuffer`, whose state it uses."""
 
@@ -33,6 +41,7 @@ class AckMethods:
     _on_acked: OnAcked  # self._acked, bound once
     _discarded: list[Job]
     _wake: trio.Event
+    _given_back: set[int]  # ids of jobs whose failed ack gave them back (see _acked)
 
     async def _release(self, jobs: list[Job]) -> list[int]:
         raise NotImplementedError  # JobBuffer's
@@ -57,7 +66,7 @@ class AckMethods:
             raise ConfigError(f"retry_in={retry_in!r} is invalid: pass seconds >= 0, or None for backoff")
         text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
         delay = self.retry_delay(job.attempts) if retry_in is None else float(retry_in)
-        return Ack(job, error=text[:4000], retry_in=delay)
+        return Ack(job, error=_storable(text[:4000]), retry_in=delay)
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,
@@ -118,9 +127,14 @@ class AckMethods:
         # failed without applying anything will not be sent again: give the job back (the
         # poller releases it, guarded by its claim, the attempt given back) so it is
         # delivered again, rather than holding it for the buffer's whole life.
+        # Once per job: an ack that fails again the same way would loop (claimed, run,
+        # given back, at once, with the attempt given back too). The second time the job
+        # leaves the books instead; its lease lapses and a claim rescues it, counting the
+        # attempt, so such a job ends dead after max_attempts.
         job = ack.job
         if outcome is None and error is not None and not isinstance(error, DatabaseUnavailableError):
-            if self._in_flight.pop(job.id, None) is not None:
+            if self._in_flight.pop(job.id, None) is not None and job.id not in self._given_back:
+                self._given_back.add(job.id)
                 self._discarded.append(job)
                 self._wake.set()
         else:

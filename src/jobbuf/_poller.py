@@ -65,7 +65,7 @@ class _Poller:
         self.probing = True  # the last claim came back short: one claim at a time until one is full
         self.next_poll = 0.0  # when the next round claims even if nothing wakes the poller
         self.orphans = False  # a claim failed: rows it committed may be claimed unseen
-        self.failed_at = -math.inf  # when the last claim failed
+        self.failed_at = -math.inf  # when the last round (or claim) failed
         # Only a batch_size below low_water can leave room for a second claim (see
         # _claim_limit); otherwise the claim runs inline, without a task to schedule first.
         self.pipelined = buf.config.claim_size < buf.config.low_water
@@ -90,9 +90,9 @@ class _Poller:
                 sweep_only = await self._sleep(wake)
 
     def _answered_since_failure(self) -> bool:
-        """Whether the database has answered since the last claim failed (a claim worked,
-        or a heartbeat did): only then is the release of unseen rows tried, since during
-        an outage it would retry for retry_timeout instead of backing off."""
+        """Whether the database has answered since the last failure (a claim worked, or
+        a heartbeat did): only then is the release of unseen rows tried, since during an
+        outage it would retry for retry_timeout instead of backing off."""
         return not self.failures or self.buf._answered_at > self.failed_at
 
     async def _claim_round(self, claims: trio.Nursery) -> None:
@@ -117,7 +117,7 @@ class _Poller:
                 self.buf._wake.set()
             return full
         except Exception as exc:
-            self.orphans, self.failed_at = True, trio.current_time()
+            self.orphans = True
             self._failed(exc)
             return False
         finally:
@@ -125,7 +125,7 @@ class _Poller:
             self.in_flight -= 1
 
     def _failed(self, exc: Exception) -> None:
-        self.failures += 1
+        self.failures, self.failed_at = self.failures + 1, trio.current_time()
         self.buf._record_error("poll", exc)
         backoff = _jittered(min(ERROR_BACKOFF_MAX, 0.1 * 2 ** (self.failures - 1)), 0.5)
         self.retry_at = trio.current_time() + backoff

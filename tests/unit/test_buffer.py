@@ -587,6 +587,96 @@ async def test_a_run_workers_ack_that_failed_without_applying_gives_the_job_back
         nursery.cancel_scope.cancel()
 
 
+async def test_a_failed_release_of_unseen_rows_waits_for_the_database_to_answer_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The database answers (a heartbeat), then goes away as the release runs: the release
+    # must not be tried again, round after round, before the database answers anew.
+    class DropsAtRelease(MemoryJobSource):
+        down = False
+        releases = 0
+
+        async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
+            if self.releases == 0:  # the database goes away just then
+                self.down = True
+            self.releases += 1
+            if self.down:
+                raise DatabaseUnavailableError("gone again")
+            return await super().release_owner(owner, keep)
+
+        async def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+            if self.down:
+                raise DatabaseUnavailableError("gone")
+            await super().heartbeat(*args, **kwargs)
+
+    source = DropsAtRelease()
+    cfg = BufferConfig(capacity=10, low_water=5, poll_interval=0.5)
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(1)
+        source.fail_next("claim", DatabaseUnavailableError("reply lost"), after=True)
+        await source.enqueue_many("default", ["a", "b"])
+        await trio.sleep(0.01)
+        assert buf.stats().poll_errors == 1  # the claim committed, its reply lost
+        buf.offer_jobs([Job(id=-i, queue="default", payload=i) for i in range(1, 7)])  # no claims from now on
+        await trio.sleep(10)
+        assert source.releases == 1
+        source.down = False  # back: a heartbeat answers, then the release is tried again
+        await trio.sleep(3)
+        assert source.releases == 2 and buf.stats().released == 2
+
+
+async def test_an_ack_that_always_fails_gives_its_job_back_once_then_lets_its_lease_lapse(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: giving the job back every time looped at once, without end (claimed,
+    # run, ack refused, released with the attempt given back, claimed...). The second
+    # refusal leaves the job to its lease: rescued with the attempt counted, dead at last.
+    class RefusesAcks(MemoryJobSource):
+        async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
+            raise RuntimeError("refused by the server")
+
+    source = RefusesAcks()
+    (job_id,) = await source.enqueue_many("default", ["x"], max_attempts=3)
+    runs = 0
+    guard = trio.CancelScope()  # a loop never lets the mock clock move: stop it, so the test fails
+
+    async def handler(job: Job) -> None:
+        nonlocal runs
+        runs += 1
+        if runs > 20:
+            guard.cancel()
+
+    cfg = BufferConfig(lease=3, poll_interval=0.5)
+    with guard:
+        async with open_job_buffer(source, "w", cfg) as buf, trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_workers, buf, handler))
+            await trio.sleep(1)
+            assert runs == 2 and buf.stats().released == 1
+            await trio.sleep(30)
+            assert runs == 4 and await _states(source) == {job_id: ("dead", 3)}
+            nursery.cancel_scope.cancel()
+    assert runs <= 4 and not guard.cancelled_caught
+
+
+async def test_an_error_text_the_database_cannot_store_is_escaped(autojump_clock: trio.testing.MockClock) -> None:
+    # PostgreSQL's text refuses NUL (and lone surrogates): an ack carrying one was refused
+    # every time, so the failure was never recorded.
+    class LikePostgres(MemoryJobSource):
+        async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
+            if any(a.error is not None and "\x00" in a.error for a in acks):
+                raise RuntimeError("invalid byte sequence for encoding UTF8: 0x00")
+            return await super().ack(acks, default_max_attempts=default_max_attempts)
+
+    source = LikePostgres()
+    (job_id,) = await source.enqueue_many("default", ["x"], max_attempts=1)
+    async with open_job_buffer(source, "w") as buf:
+        job = await buf.take_job()
+        assert job is not None
+        await buf.fail(job, ValueError("bad \x00 byte and \udc80"))
+    (state,) = await source.job_states([job_id])
+    assert state.status == "dead" and state.last_error == "ValueError: bad \\x00 byte and \\udc80"
+
+
 async def test_unseen_rows_are_released_when_no_claim_is_needed_once_the_database_answers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
