@@ -435,8 +435,7 @@ class JobBuffer(AckMethods):
         """Release the rows this instance holds in the source that it does not know of
         (claimed by a claim whose reply never came). Only while no claim is in flight:
         one landing now would hold rows not in the books yet."""
-        keep = {job.id for job, _ in self._entries}
-        keep.update(self._in_flight, self._unconfirmed, self._handed_off, (job.id for job in self._discarded))
+        keep = {job.id for job in self._held(unconfirmed=True)} | self._handed_off
         released = await self._source.release_owner(self._instance, keep=keep)
         self._counters.released += len(released)
         if released:
@@ -461,11 +460,20 @@ class JobBuffer(AckMethods):
         self._counters.released += len(released)
         return released
 
+    def _held(self, *, unconfirmed: bool = False) -> list[Job]:
+        """What the buffer holds: buffered, taken and discarded jobs; with ``unconfirmed``,
+        also those whose ack failed for want of the database (their rows are still claimed
+        as far as we know, but nobody works on them: their leases are not extended)."""
+        held = [job for job, _ in self._entries] + list(self._in_flight.values()) + self._discarded
+        if unconfirmed:
+            known = {job.id for job in held}
+            held += [job for job in self._unconfirmed.values() if job.id not in known]
+        return held
+
     async def _publish(self, *, extend_leases: bool) -> None:
         assert self._worker is not None
-        held = [job for job, _ in self._entries] + list(self._in_flight.values()) + self._discarded
         lease = self.config.lease if extend_leases else None
-        await self._source.heartbeat(self._worker, held, lease, self.stats().as_dict())
+        await self._source.heartbeat(self._worker, self._held(), lease, self.stats().as_dict())
 
     def _record_error(self, where: str, exc: BaseException) -> None:
         self._counters.poll_errors += 1

@@ -23,9 +23,7 @@ log = logging.getLogger("jobbuf.buffer")
 def _storable(text: str) -> str:
     """``text`` as PostgreSQL can store it: ``text`` refuses NUL and lone surrogates, and
     an ack carrying them would be refused every time (its job given back, run, refused...)."""
-    if "\x00" in text or not text.isprintable():
-        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class AckMethods:

@@ -34,7 +34,7 @@ async def shutdown(buf: JobBuffer) -> None:
     buf._exiting = True  # from here on the exit owns what the buffer holds: stop() hands out nothing
     cfg, source, instance = buf.config, buf._source, buf._instance
     failure: BaseException | None = None
-    settled = False  # whether the waits below ended (else what they settle is read again)
+    held: list[Job] | None = None  # read once the waits below end (else at the end)
     exit_deadline = min(buf._exit_deadline, trio.current_time() + cfg.shutdown_timeout)
     buf._acks.add_cutoff(exit_deadline)  # a flush the drain leads must end by it too
     with trio.CancelScope(shield=True):
@@ -44,8 +44,7 @@ async def shutdown(buf: JobBuffer) -> None:
                 # books, and acks already submitted land: both before the books are read.
                 await buf._stop_drained.wait()
                 await buf._acks.drain()
-                settled = True
-                held = _held(buf)
+                held = buf._held(unconfirmed=True)
                 foreign = [j for j in held if j.claim is not None and j.claim.owner != instance]
                 buf._entries.clear()
                 buf._discarded = []
@@ -63,8 +62,8 @@ async def shutdown(buf: JobBuffer) -> None:
             finally:
                 buf._acks.remove_cutoff(exit_deadline)
         buf._state = "closed"
-        if not settled:
-            held = _held(buf)
+        if held is None:
+            held = buf._held(unconfirmed=True)
         if held and (failure is not None or deadline.cancelled_caught):
             timed_out = f"no answer within shutdown_timeout ({cfg.shutdown_timeout:g}s)"
             reason = f"{failure}" if failure is not None else timed_out
@@ -74,14 +73,6 @@ async def shutdown(buf: JobBuffer) -> None:
             ) from failure
         if failure is not None or deadline.cancelled_caught:
             log.warning("jobbuf buffer %r: deregistration failed: %s", buf.worker_id, failure or "timeout")
-
-
-def _held(buf: JobBuffer) -> list[Job]:
-    """Everything ``buf`` holds: buffered, taken, discarded, and jobs whose ack failed for
-    want of the database (their rows are still claimed, as far as we know)."""
-    held = [job for job, _ in buf._entries] + list(buf._in_flight.values()) + buf._discarded
-    known = {job.id for job in held}
-    return held + [job for job in buf._unconfirmed.values() if job.id not in known]
 
 
 def _some_ids(jobs: list[Job], shown: int = 20) -> str:
