@@ -66,8 +66,9 @@ async def sample_latencies(
 
     Alone, it takes ``p["samples"]`` in a row. With ``p["paired"]`` it takes one per "go"
     line on stdin and answers each with a "done" line, until "stop": ``run.py`` then takes
-    turns between the systems, one sample each per round, so that drift in the machine's
-    speed (large here) hits every system alike and the ratios compare like with like.
+    turns between the systems (a block of samples each per round, or one each), so that
+    drift in the machine's speed (large here) hits every system alike and the ratios
+    compare like with like.
     ``sleep`` and ``read_line`` are the event loop's own (trio's or asyncio's)."""
     lat: list[float] = []
     if p.get("paired"):

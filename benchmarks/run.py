@@ -22,11 +22,13 @@ Options (also ``--help``):
 Every benchmark runs in its own subprocess: jobbuf ones on trio (trio-asyncio), raw asyncpg
 and pgqueuer ones on plain asyncio, since importing trio_asyncio patches asyncio for the
 whole process. The latency benchmarks run at the same time, idle but for their
-turns: each round takes one sample from each, in an order that rotates, so the ratios
-compare samples taken moments apart (the machine's speed drifts by tens of percent
-between runs). Each gets a fresh schema, which this driver drops when the subprocess ends
-(even if it crashed). Results: the table on stdout and in ``benchmarks/results/latest.md``,
-everything in ``benchmarks/results/latest.json``; subprocess logs in ``results/run.log``.
+turns: each round takes 10 samples in a row from each, in an order that rotates, so the
+ratios compare samples taken moments apart (the machine's speed drifts by tens of percent
+between runs). A second, diagnostic latency run alternates sample by sample, so that each
+sample follows the other systems' (caches cold for it). Each gets a fresh schema, which
+this driver drops when the subprocess ends (even if it crashed). Results: the table on
+stdout and in ``benchmarks/results/latest.md``, everything in
+``benchmarks/results/latest.json``; subprocess logs in ``results/run.log``.
 Ratios are computed from medians measured in this same run. No wall-clock number here is a
 test assertion: the machine is noisy; read the ratios.
 """
@@ -145,9 +147,16 @@ LATENCY: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def run_latency_paired(plan: Plan, rep: int) -> None:
-    """The latency benchmarks at once, taking turns: each round asks every system
-    for one sample (in an order that rotates), so all of them see the same machine."""
+LATENCY_BLOCK = 10
+"""Samples a system takes in a row on its turn, in the block-wise latency run."""
+
+
+def run_latency_paired(plan: Plan, rep: int, block: int, prefix: str) -> None:
+    """The latency benchmarks at once, taking turns: each round asks every system for
+    ``block`` samples in a row (in an order that rotates), so all of them see the same
+    machine. With ``block=1`` the systems alternate sample by sample: each sample then
+    comes right after the other systems' samples, with caches full of their code and
+    data (the diagnostic run). Results go under ``prefix:system``."""
     t0 = time.perf_counter()
     procs: list[tuple[str, str, subprocess.Popen[str]]] = []
     logf = open(RESULTS / "run.log", "a")  # noqa: SIM115 - closed in finally
@@ -165,19 +174,21 @@ def run_latency_paired(plan: Plan, rep: int) -> None:
         watchdog.start()
         for _, _, proc in procs:
             _expect(proc, "READY")
-        for i in range(WARMUP + plan.samples):
-            k = (i + rep) % len(procs)
+        total = WARMUP + plan.samples
+        for turn, first in enumerate(range(0, total, block)):
+            k = (turn + rep) % len(procs)
             for _, _, proc in procs[k:] + procs[:k]:
-                proc.stdin.write("go\n")  # type: ignore[union-attr]
-                proc.stdin.flush()  # type: ignore[union-attr]
-                _expect(proc, "done")
+                for _ in range(min(block, total - first)):
+                    proc.stdin.write("go\n")  # type: ignore[union-attr]
+                    proc.stdin.flush()  # type: ignore[union-attr]
+                    _expect(proc, "done")
         for name, _, proc in procs:
             out, _ = proc.communicate("stop\n", timeout=plan.timeout)
             lines = [x for x in out.splitlines() if x.startswith(RESULT_PREFIX)]
             if proc.returncode == 0 and lines:
                 results[name] = json.loads(lines[-1][len(RESULT_PREFIX) :])
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        print(f"  latency: {exc!r}; see results/run.log", file=sys.stderr, flush=True)
+        print(f"  {prefix}: {exc!r}; see results/run.log", file=sys.stderr, flush=True)
     finally:
         watchdog.cancel()
         for _, schema, proc in procs:
@@ -188,9 +199,10 @@ def run_latency_paired(plan: Plan, rep: int) -> None:
         logf.close()
     for name, _, _ in procs:
         result = {"samples": plan.samples, **results.get(name, {"error": "failed; see results/run.log"})}
-        plan.results[f"latency:{name}"].append(result)
+        key = f"{prefix}:{name}"
+        plan.results[key].append(result)
         brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
-        print(f"  latency:{name:<24} {time.perf_counter() - t0:6.1f}s  {brief}", file=sys.stderr, flush=True)
+        print(f"  {key:<32} {time.perf_counter() - t0:6.1f}s  {brief}", file=sys.stderr, flush=True)
 
 
 def _expect(proc: subprocess.Popen[str], word: str) -> None:
@@ -229,7 +241,8 @@ def one_rep(plan: Plan, rep: int, multi_cfg: dict[str, int] | None) -> dict[str,
         for cfg in plan.peer_sweep:
             run_case(plan, cfg_key("peer", cfg), "bench_peer.py", "drain", {"n": n, **cfg}, "peer")
     if "latency" in only:
-        run_latency_paired(plan, rep)
+        run_latency_paired(plan, rep, LATENCY_BLOCK, "latency")
+        run_latency_paired(plan, rep, 1, "latency_alternating")
     if "take" in only:
         run_case(plan, "take", "bench_take.py", "take", {}, None)
     if "memory" in only:
