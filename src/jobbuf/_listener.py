@@ -27,8 +27,9 @@ class Listener:
 
     Guarantees: a notification only wakes (callbacks are hints; polling is what makes the
     buffer correct). Callbacks run in trio and never see an exception from here. If the
-    connection dies or stops answering, ``run`` reconnects with backoff and jitter and,
-    once back, wakes every subscriber, since notifications sent meanwhile are lost.
+    connection dies or stops answering, or the session fails in any other way (logged with
+    its traceback), ``run`` reconnects with backoff and jitter and, once back, wakes every
+    subscriber, since notifications sent meanwhile are lost. Only cancellation ends it.
     """
 
     def __init__(
@@ -102,10 +103,13 @@ class Listener:
         while True:
             try:
                 await self._session(connected)
-            except _CONNECT_ERRORS as exc:
+            except Exception as exc:  # any: a notification is only a hint, never worth the source
                 self.errors += 1
                 self.last_error = redact_dsn(f"{type(exc).__name__}: {exc}")
-                log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
+                if isinstance(exc, _CONNECT_ERRORS):
+                    log.warning("jobbuf listener lost (%s); reconnecting", self.last_error)
+                else:  # not a lost connection: keep the traceback, it may be a bug
+                    log.error("jobbuf listener failed (%s); reconnecting", self.last_error, exc_info=exc)
             report_started()
             await trio.sleep(delay * _jitter.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)

@@ -600,3 +600,32 @@ async def test_listener_backs_off_while_the_server_is_down(pg: Pg) -> None:
             await trio.sleep(3)
             # delays 0.1, 0.2, 0.4, 0.8, 1.6 s (+-50%): at most about 6 tries in 3 s
             assert 2 <= listener.reconnects - before <= 7
+
+
+async def test_unexpected_listener_error_reconnects_not_fatal(pg: Pg, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: Listener.run caught only connection errors; any other error from the LISTEN
+    # session (asyncpg's InternalClientError on a broken protocol state, say) escaped and
+    # took the whole source down, though a notification is only a hint.
+    source, dsn = pg
+    real_add_listener = asyncpg.Connection.add_listener
+    calls = 0
+
+    async def add_listener_failing_once(self: asyncpg.Connection, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+        await real_add_listener(self, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", add_listener_failing_once)
+    with trio.fail_after(20):
+        async with open_postgres_source(dsn, schema=source.schema) as other:
+            listener = other.listener
+            await wait_until(lambda: listener.connected)
+            assert (listener.errors, calls) == (1, 2)
+            assert "InternalClientError" in (listener.last_error or "")
+            async with open_job_buffer(other, "after-listener-error", BufferConfig(poll_interval=30)) as buf:
+                await other.enqueue("default", {"woken": True})
+                job = await buf.take_job(timeout=10)  # poll_interval is 30 s: only the NOTIFY can wake it
+                assert job is not None and job.payload == {"woken": True}
+                await buf.complete(job)
