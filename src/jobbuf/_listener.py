@@ -29,7 +29,8 @@ class Listener:
     buffer correct). Callbacks run in trio and never see an exception from here. If the
     connection dies or stops answering, or the session fails in any other way (logged with
     its traceback), ``run`` reconnects with backoff and jitter and, once back, wakes every
-    subscriber, since notifications sent meanwhile are lost. Only cancellation ends it.
+    subscriber, since notifications sent meanwhile are lost. Only cancellation (or
+    another BaseException, such as KeyboardInterrupt) ends it.
     """
 
     def __init__(
