@@ -97,7 +97,7 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
     j, pe, ra = alt["jobbuf"], alt["peer"], alt["raw"]
     rows.append(["latency p50, systems alternating sample by sample (ms)", _f(j, "", 2), _f(pe, "", 2),
                  _f(ra, "", 2), _f(_r(j, pe), "x", 2), _f(_r(j, ra), "x", 2),
-                 f"(diagnostic: caches cold; the stack alone {_f(_r(alt['rawtrio'], ra), 'x', 2)} the floor)",
+                 f"(diagnostic: the stack alone {_f(_r(alt['rawtrio'], ra), 'x', 2)} the floor)",
                  f"({_latency_verdict(j, ra, pe)})"])  # fmt: skip
     take_ns, chan_ns = med(results, "take", "take_ns"), med(results, "take", "channel_ns")
     s.update(take_ns=take_ns, channel_ns=chan_ns)

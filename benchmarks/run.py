@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py              # full run: 3 repetitions, N=50,000 (3-9 min, by the machine)
+    python benchmarks/run.py              # full run: 3 repetitions, N=50,000 (4-10 min, by the machine)
     python benchmarks/run.py --quick      # smoke run: 1 repetition, small sizes (under 1 min)
     python benchmarks/run.py --reps 5 --only drain,latency
 
@@ -22,10 +22,10 @@ Options (also ``--help``):
 Every benchmark runs in its own subprocess: jobbuf ones on trio (trio-asyncio), raw asyncpg
 and pgqueuer ones on plain asyncio, since importing trio_asyncio patches asyncio for the
 whole process. The latency benchmarks run at the same time, idle but for their
-turns: each round takes 10 samples in a row from each, in an order that rotates, so the
+turns: each round takes 10 samples in a row from each, in a shuffled order, so the
 ratios compare samples taken moments apart (the machine's speed drifts by tens of percent
 between runs). A second, diagnostic latency run alternates sample by sample, so that each
-sample follows the other systems' (caches cold for it). Each gets a fresh schema, which
+sample follows other systems' samples. Each gets a fresh schema, which
 this driver drops when the subprocess ends (even if it crashed). Results: the table on
 stdout and in ``benchmarks/results/latest.md``, everything in
 ``benchmarks/results/latest.json``; subprocess logs in ``results/run.log``.
@@ -40,6 +40,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -153,10 +154,11 @@ LATENCY_BLOCK = 10
 
 def run_latency_paired(plan: Plan, rep: int, block: int, prefix: str) -> None:
     """The latency benchmarks at once, taking turns: each round asks every system for
-    ``block`` samples in a row (in an order that rotates), so all of them see the same
-    machine. With ``block=1`` the systems alternate sample by sample: each sample then
-    comes right after the other systems' samples, with caches full of their code and
-    data (the diagnostic run). Results go under ``prefix:system``."""
+    ``block`` samples in a row, so all of them see the same machine. The order is
+    shuffled every round (seeded by ``rep``): no system always follows the same one.
+    With ``block=1`` the systems alternate sample by sample, each sample coming right
+    after other systems' samples (the diagnostic run). Results go under
+    ``prefix:system``."""
     t0 = time.perf_counter()
     procs: list[tuple[str, str, subprocess.Popen[str]]] = []
     logf = open(RESULTS / "run.log", "a")  # noqa: SIM115 - closed in finally
@@ -174,10 +176,10 @@ def run_latency_paired(plan: Plan, rep: int, block: int, prefix: str) -> None:
         watchdog.start()
         for _, _, proc in procs:
             _expect(proc, "READY")
-        total = WARMUP + plan.samples
-        for turn, first in enumerate(range(0, total, block)):
-            k = (turn + rep) % len(procs)
-            for _, _, proc in procs[k:] + procs[:k]:
+        total, rng, order = WARMUP + plan.samples, random.Random(rep), [proc for _, _, proc in procs]
+        for first in range(0, total, block):
+            rng.shuffle(order)
+            for proc in order:
                 for _ in range(min(block, total - first)):
                     proc.stdin.write("go\n")  # type: ignore[union-attr]
                     proc.stdin.flush()  # type: ignore[union-attr]
