@@ -25,10 +25,10 @@ whole process. The latency benchmarks run at the same time, idle but for their
 turns: each round takes 10 samples in a row from each, in a shuffled order, so the
 ratios compare samples taken moments apart (the machine's speed drifts by tens of percent
 between runs). A second, diagnostic latency run alternates sample by sample, so that each
-sample follows other systems' samples. Each gets a fresh schema, which
-this driver drops when the subprocess ends (even if it crashed). Results: the table on
-stdout and in ``benchmarks/results/latest.md``, everything in
-``benchmarks/results/latest.json``; subprocess logs in ``results/run.log``.
+sample follows other systems' samples. Each gets a fresh schema, which this driver drops
+when the subprocess ends (even if it crashed). Results: the table on stdout and in
+``benchmarks/results/latest.md``, everything in ``benchmarks/results/latest.json``;
+subprocess logs in ``results/run.log``.
 Ratios are computed from medians measured in this same run. No wall-clock number here is a
 test assertion: the machine is noisy; read the ratios.
 """
