@@ -22,10 +22,12 @@ Two more rounds through that queue are removed the same way, by the same setup:
   through its queue (``loop.synchronize``). When nothing is queued, and nothing is handed
   to the loop's task but not yet run, there is nothing to wait for: it returns at once.
 
-A ``SELECT 1`` round trip, medians of three runs of 1,000 on the CI machine: 257 us
-through ``aio_as_trio``, 185 us through ``run_aio``, 158 us with immediate wake-ups as
-well, 133 us on plain asyncio. The enqueue -> take path makes two such round trips and
-reads a notification (the README's benchmark section).
+A ``SELECT 1`` round trip, medians of three runs of 1,000 on the CI machine of
+2026-11-28: 257 us through ``aio_as_trio``, 185 us through ``run_aio``, 158 us with
+immediate wake-ups as well, 133 us on plain asyncio (the slower machine of 2026-11-29
+measured about 0.57 ms stepped with immediate wake-ups against 0.43 ms on plain asyncio).
+The enqueue -> take path makes two such round trips and reads a notification (the
+README's benchmark section).
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ class AckMethods:
         # Once per job: an ack that fails again the same way would loop (claimed, run,
         # given back, at once, with the attempt given back too). The second time the job
         # leaves the books instead; its lease lapses and a claim rescues it, counting the
-        # attempt, so such a job ends dead after max_attempts.
+        # attempt, so such a job ends dead after max_attempts (unless the exit comes first:
+        # its release by owner covers every row still claimed by this instance).
         job = ack.job
         if outcome is None and error is not None and not isinstance(error, DatabaseUnavailableError):
             if self._in_flight.pop(job.id, None) is not None and job.id not in self._given_back:
