@@ -2,13 +2,16 @@
 
 Every expected failure (bad input, unreachable database, missing schema, an error the
 server reports) prints one line on stderr and exits with code 2; no traceback. SIGINT and
-SIGTERM become cancellation.
+SIGTERM become cancellation: an interrupted command says so on stderr and exits with code
+128 + the signal's number (130 for Ctrl-C), except ``demo``, which runs until interrupted
+and then exits with 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -105,6 +108,10 @@ async def _enqueue(source: PostgresJobSource, args: argparse.Namespace) -> None:
                 )  # fmt: skip
         except (JobbufError, trio.TooSlowError) as exc:
             raise JobbufError(f"{exc} (enqueued {len(ids)} of {args.count} before that)") from None
+        except trio.Cancelled:  # interrupted: the statement in flight may have committed or not
+            print(f"jobbuf: enqueued {len(ids)} of {args.count}, and {n} more may have been added "
+                  "by the statement that was interrupted", file=sys.stderr)  # fmt: skip
+            raise
         if args.count > ENQUEUE_CHUNK:
             print(f"jobbuf: enqueued {len(ids)}/{args.count}", file=sys.stderr, flush=True)
     shown = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
@@ -159,21 +166,24 @@ COMMANDS: dict[str, Command] = {
 }  # fmt: skip
 
 
-async def _run(args: argparse.Namespace, dsn: str) -> None:
-    # SIGINT/SIGTERM cancel the work (a raw KeyboardInterrupt can hang trio-asyncio). The
-    # watcher is not in the cancelled scope, so it goes on receiving until the cleanup,
-    # bounded by its deadlines, has ended: a second Ctrl-C meanwhile is absorbed, not
-    # raised in the middle of it.
-    import signal
+async def _run(args: argparse.Namespace, dsn: str) -> int:
+    """Run the command; return the number of the signal that interrupted it, or 0.
 
+    SIGINT/SIGTERM cancel the work (a raw KeyboardInterrupt can hang trio-asyncio). The
+    watcher is not in the cancelled scope, so it goes on receiving until the cleanup,
+    bounded by its deadlines, has ended: a second Ctrl-C meanwhile is absorbed, not
+    raised in the middle of it."""
+    interrupted_by = 0
     with single_error():
         async with trio.open_nursery() as nursery:
             work = trio.CancelScope()
 
             async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                nonlocal interrupted_by
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     task_status.started()
-                    async for _ in signals:
+                    async for signum in signals:
+                        interrupted_by = interrupted_by or signum
                         work.cancel()
 
             await nursery.start(watch_signals)
@@ -182,6 +192,7 @@ async def _run(args: argparse.Namespace, dsn: str) -> None:
                 async with open_postgres_source(dsn, schema=args.schema, migrate=migrate) as source:
                     await COMMANDS[args.command](source, args)
             nursery.cancel_scope.cancel()
+    return interrupted_by if work.cancelled_caught else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,13 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         dsn = cli_dsn(args.dsn)
-        trio.run(_run, args, dsn)
+        signum = trio.run(_run, args, dsn)
     except (JobbufError, ValueError, OSError, EmbeddedServerUnavailableError, asyncpg.PostgresError) as exc:
         # A server error jobbuf has no class for (permission denied, a read-only
         # server, ...) is still the server's answer to this command: one line too.
         message = redact_dsn(str(exc)) if dsn else str(exc)
         print(f"jobbuf: error: {message}", file=sys.stderr)
         return 2
+    if signum and args.command != "demo":  # the demo runs until interrupted: that is its end
+        print(f"jobbuf: {args.command} interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -260,3 +260,33 @@ def test_cli_enqueue_of_many_jobs_reports_progress(jobbuf_cli: Cli) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == ["jobbuf: enqueued 10000/12345", "jobbuf: enqueued 12345/12345"]
     assert "enqueued 12345 job(s) on 'bulk'" in out.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupted_enqueue_says_how_far_it_got_and_exits_128_plus_signal(
+    jobbuf_dsn: str, jobbuf_cli: Cli, signum: signal.Signals
+) -> None:
+    # Regression: an interrupted `enqueue --count N` exited 0 and said nothing.
+    assert jobbuf_cli("migrate").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobbuf", "--schema", jobbuf_cli.schema, "enqueue", "bulk", "{}", "--count", "10000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "JOBBUF_DSN": jobbuf_dsn},
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "jobbuf: enqueued 10000/10000000\n"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err
+    lines = [line for line in err.splitlines() if not line.startswith("jobbuf: enqueued ") or " of " in line]
+    assert len(lines) == 2 and lines[1] == f"jobbuf: enqueue interrupted by {signum.name}", err
+    reported = int(lines[0].split()[2])
+    assert reported >= 10000 and lines[0] == (
+        f"jobbuf: enqueued {reported} of 10000000, and 10000 more may have been added"
+        " by the statement that was interrupted"
+    ), err
+    count = _run_sql(jobbuf_dsn, f'SELECT count(*) AS n FROM "{jobbuf_cli.schema}".jobs', ())[0]["n"]
+    assert count in (reported, reported + 10000) and out == ""
