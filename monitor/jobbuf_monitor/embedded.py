@@ -11,13 +11,15 @@ import re
 import socket
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "LOCAL_DSN",
     "EmbeddedServerUnavailableError",
     "cli_dsn",
     "data_dir",
+    "dsn_parse_error",
+    "dsn_password",
     "embedded_dsn",
     "redact_dsn",
     "server_answers",
@@ -32,10 +34,35 @@ class EmbeddedServerUnavailableError(Exception):
     """No DSN was given and the embedded server cannot be started here (no pgserver)."""
 
 
+# A URL's password runs from the colon after the user name to the last "@" before a space:
+# it may hold an unencoded "@", "/", "?" or "#" (which parsers then take for other parts).
+_URL_PASSWORD = re.compile(r"(://[^:/@?#\s]*):(\S*)@")
+_QUERY_PASSWORD = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+
+
 def redact_dsn(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***`` (URL form and ``password=`` form)."""
-    dsn = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", dsn)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", dsn, flags=re.IGNORECASE)
+    """``dsn`` (or a text holding DSNs) with any password replaced by ``***``: URL form
+    and ``password=`` form."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", dsn))
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password written in ``dsn`` (as written: maybe percent-encoded), or None."""
+    for pattern in (_URL_PASSWORD, _QUERY_PASSWORD):
+        if (match := pattern.search(dsn)) and match.group(2):
+            return match.group(2)
+    return None
+
+
+def dsn_parse_error(exc: BaseException, dsn: str) -> str:
+    """Why ``dsn`` could not be parsed, safe to show. The parser's own message may quote a
+    piece of the password (one with an unencoded "@", "/", "?", "#" or ":" is split
+    there): then a hint replaces it."""
+    text = redact_dsn(" ".join(str(exc).split()) or type(exc).__name__)
+    pieces = {form for piece in re.split(r"[@/?#:]", dsn_password(dsn) or "") for form in (piece, unquote(piece))}
+    if any(piece and piece in text for piece in pieces):
+        return "it cannot be parsed (percent-encode any @ : / ? # in the user name and password)"
+    return text
 
 
 def data_dir() -> Path:

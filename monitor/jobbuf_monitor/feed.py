@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import asyncpg
 
-from .embedded import redact_dsn
+from .embedded import dsn_parse_error, dsn_password, redact_dsn
 
 __all__ = [
     "RATE_KEYS",
@@ -94,19 +94,10 @@ def quote_schema(schema: str) -> str:
     return f'"{schema}"'
 
 
-def _password(dsn: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        raw = urlsplit(dsn).password
-        if raw:
-            return raw
-    match = re.search(r"password=([^&\s]*)", dsn, re.IGNORECASE)
-    return match.group(1) if match else None
-
-
 def safe_error(exc: BaseException, dsn: str) -> str:
     """A one-line description of ``exc`` with the DSN's password removed wherever it appears."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    secret = _password(dsn)
+    secret = dsn_password(dsn)
     for form in {secret, unquote(secret)} if secret else ():
         if form:
             text = text.replace(form, "***")
@@ -227,7 +218,9 @@ async def connect(dsn: str, connect_timeout: float = 5.0) -> asyncpg.Connection:
     """Open a connection or raise :class:`MonitorError` with a redacted one-line reason."""
     try:
         return await asyncpg.connect(dsn, timeout=connect_timeout)
-    except (*_DB_ERRORS, ValueError) as exc:
+    except ValueError as exc:  # asyncpg could not parse the DSN (ClientConfigurationError is one too)
+        raise MonitorError(f"dsn {redact_dsn(dsn)!r} is invalid: {dsn_parse_error(exc, dsn)}") from None
+    except _DB_ERRORS as exc:
         raise MonitorError(f"cannot connect to {redact_dsn(dsn)}: {safe_error(exc, dsn)}") from None
 
 

@@ -11,7 +11,7 @@ import asyncpg
 import trio
 import trio_asyncio
 
-from jobbuf_monitor.embedded import redact_dsn
+from jobbuf_monitor.embedded import dsn_parse_error, redact_dsn
 
 from ._aio import run_immediate_callbacks
 from ._config import check_identifier
@@ -116,6 +116,6 @@ async def _open(connections: Connections, dsn: str) -> None:
     try:
         await connections.open()
     except (asyncpg.ClientConfigurationError, ValueError) as exc:
-        raise ConfigError(f"dsn {redact_dsn(dsn)!r} is invalid: {reason(exc)}") from None
+        raise ConfigError(f"dsn {redact_dsn(dsn)!r} is invalid: {dsn_parse_error(exc, dsn)}") from None
     except (*TRANSIENT, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailableError(f"cannot connect to {redact_dsn(dsn)}: {reason(exc)}") from None

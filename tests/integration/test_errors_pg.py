@@ -144,6 +144,18 @@ def test_cli_errors_are_one_line_exit_2(jobbuf_dsn: str, argv: list[str], expect
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
 
 
+@pytest.mark.parametrize("password", ["Xy9#secret", "Xy9/secret", "Xy9?secret@x"])
+@pytest.mark.parametrize("program", ["jobbuf", "jobbuf_monitor"])
+def test_cli_never_shows_a_password_with_reserved_characters(program: str, password: str) -> None:
+    # Regression: such a password was shown whole, or in pieces quoted by the DSN parser.
+    dsn = f"postgresql://postgres:{password}@127.0.0.1:1/test"
+    result = _cli(program, "--dsn", dsn, "status" if program == "jobbuf" else "--once")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "Xy9" not in result.stderr and "secret" not in result.stderr, result.stderr
+    assert "postgres:***@" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("program", ["jobbuf", "jobbuf_monitor"])
 def test_no_dsn_and_no_pgserver_is_one_line_naming_the_fix(tmp_path: Path, program: str) -> None:
     # On Python 3.13 pgserver has no build, so the embedded server cannot start there.

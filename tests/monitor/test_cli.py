@@ -70,7 +70,7 @@ def test_unreachable_server_exits_2_with_one_redacted_line() -> None:
 
 def test_malformed_dsn_exits_2_with_one_line() -> None:
     proc = monitor("--dsn", "mysql://bob:pw@x/y", timeout=30)
-    assert_one_line_error(proc, "cannot connect to mysql://bob:***@x/y")
+    assert_one_line_error(proc, "dsn 'mysql://bob:***@x/y' is invalid: invalid DSN: scheme is expected")
 
 
 def test_missing_schema_exits_2_and_names_the_fix(dsn: str) -> None:

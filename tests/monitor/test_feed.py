@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from monitor_helpers import Db, Role, run, wait_for
 
+from jobbuf_monitor.embedded import dsn_parse_error, dsn_password, redact_dsn
 from jobbuf_monitor.feed import (
     STATS_DEFAULTS,
     Feed,
@@ -160,3 +161,15 @@ def test_dropped_schema_reports_no_schema(db: Db) -> None:
 
     run(go())
     assert any("jobbuf migrate" in (u.error or "") for u in updates if u.state == "no schema")
+
+
+@pytest.mark.parametrize("password", ["Xy9#secret", "Xy9/secret", "Xy9?secret", "Xy9@secret", "Xy9:secret"])
+def test_passwords_with_reserved_characters_are_redacted_whole(password: str) -> None:
+    # Regression: the URL rule stopped at the first "#", "/", "?" or "@" of the password.
+    dsn = f"postgresql://bob:{password}@db:5432/x"
+    assert redact_dsn(dsn) == "postgresql://bob:***@db:5432/x"
+    assert dsn_password(dsn) == password
+    assert redact_dsn("postgresql://db:5432/x and bob@example") == "postgresql://db:5432/x and bob@example"
+    # A parser's message may quote a piece of such a password: it is not shown then.
+    assert "Xy9" not in dsn_parse_error(ValueError("invalid literal for int() with base 10: 'Xy9'"), dsn)
+    assert dsn_parse_error(ValueError("invalid port"), dsn) == "invalid port"  # no piece of it: shown
