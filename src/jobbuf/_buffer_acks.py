@@ -9,8 +9,8 @@ import trio
 
 from . import _jitter
 from ._acks import AckBatcher, OnAcked
-from ._config import BufferConfig
-from ._errors import BufferClosedError, ConfigError, DatabaseUnavailableError, LeaseLostError
+from ._config import BufferConfig, check_delay
+from ._errors import BufferClosedError, DatabaseUnavailableError, LeaseLostError
 from ._job import Job
 from ._source import Ack, AckOutcome
 from ._stats import Counters
@@ -60,11 +60,9 @@ class AckMethods:
         await self._ack(self._failure(job, error, retry_in))
 
     def _failure(self, job: Job, error: BaseException | str, retry_in: float | None) -> Ack:
-        if retry_in is not None and (isinstance(retry_in, bool) or not retry_in >= 0):
-            raise ConfigError(f"retry_in={retry_in!r} is invalid: pass seconds >= 0, or None for backoff")
+        delay = self.retry_delay(job.attempts) if retry_in is None else check_delay("retry_in", retry_in)
         text = error if isinstance(error, str) else "".join(traceback.format_exception_only(error)).strip()
-        delay = self.retry_delay(job.attempts) if retry_in is None else float(retry_in)
-        return Ack(job, error=_storable(text[:4000]), retry_in=delay)
+        return Ack(job, error=_storable(text)[:4000], retry_in=delay)
 
     def retry_delay(self, attempts: int) -> float:
         """Backoff after a failed attempt: ``d = min(retry_max, retry_base * 2 ** (attempts - 1))``,

@@ -22,11 +22,11 @@ import trio
 
 from jobbuf_monitor.embedded import EmbeddedServerUnavailableError, cli_dsn, redact_dsn
 
-from ._config import check_identifier
+from ._config import check_delay, check_identifier
 from ._errors import JobbufError
 from ._open_postgres import open_postgres_source
 from ._postgres import PostgresJobSource
-from ._source import check_enqueue
+from ._source import check_enqueue, encode_payload
 from ._trio_util import single_error
 
 __all__ = ["main"]
@@ -80,10 +80,12 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.command == "enqueue":
         try:
             args.payload = json.loads(args.payload)
-        except ValueError as exc:
+            encode_payload(args.payload)  # what JSON allows and jobbuf does not: NaN, Infinity
+        except (ValueError, TypeError) as exc:
             raise JobbufError(f"payload {args.payload!r} is not JSON: {exc}") from None
         if args.count < 1:
             raise JobbufError(f"--count {args.count} is invalid: it must be >= 1")
+        check_delay("--delay", args.delay)
         check_enqueue(args.queue, args.priority, None, args.max_attempts)
     if args.command == "requeue":
         check_identifier("queue", args.queue)

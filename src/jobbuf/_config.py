@@ -9,9 +9,22 @@ from typing import Any, NoReturn
 
 from ._errors import ConfigError
 
-__all__ = ["BufferConfig", "check_identifier"]
+__all__ = ["MAX_DELAY", "BufferConfig", "check_delay", "check_identifier"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+MAX_DELAY = 100 * 365 * 86400.0
+"""The longest delay, in seconds, jobbuf accepts (100 years): a later time would overflow
+the sources' clocks (PostgreSQL's intervals, Python's datetime)."""
+
+
+def check_delay(name: str, value: object) -> float:
+    """``value`` as seconds if it is a number from 0 to :data:`MAX_DELAY`; else ``ConfigError``
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DELAY:
+        raise ConfigError(f"{name}={value!r} is invalid: pass seconds from 0 to {MAX_DELAY:.0f} (100 years)")
+    return float(value)
 
 
 def check_identifier(kind: str, value: object) -> str:
@@ -97,6 +110,8 @@ class BufferConfig:
             object.__setattr__(self, "heartbeat_interval", self.lease / 3)
         elif not 0 < _number("heartbeat_interval", self.heartbeat_interval, integer=False) < self.lease:
             self._fail("heartbeat_interval", self.heartbeat_interval, f"it must be > 0 and < lease ({self.lease})")
+        if self.retry_max > MAX_DELAY:
+            self._fail("retry_max", self.retry_max, f"it must be at most {MAX_DELAY:.0f} seconds (100 years)")
         if _number("max_attempts", self.max_attempts, integer=True) < 1:
             self._fail("max_attempts", self.max_attempts, "it must be >= 1")
         self._check_queues()

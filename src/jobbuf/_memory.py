@@ -304,8 +304,9 @@ class MemoryJobSource:
         like a lost lease."""
         delays = [timedelta(seconds=a.retry_in) for a in acks]  # validate before any change
         now = await self._enter("ack")
+        run_ats = [now + delay for delay in delays]  # an overflow, too
         outcomes: list[AckOutcome] = []
-        for a, delay in zip(acks, delays, strict=True):
+        for a, run_at in zip(acks, run_ats, strict=True):
             row = self._match(a.job)
             if row is None:
                 gone = a.error is None and (a.job.id not in self._rows or self._rows[a.job.id].status == "done")
@@ -318,7 +319,7 @@ class MemoryJobSource:
                 outcomes.append("done")
             else:
                 dead = row.attempts >= row.limit(default_max_attempts)
-                row.status, row.run_at, row.last_error = ("dead" if dead else "pending"), now + delay, a.error
+                row.status, row.run_at, row.last_error = ("dead" if dead else "pending"), run_at, a.error
                 row.clear_claim()
                 outcomes.append("dead" if dead else "retry")
         self._fault("ack", after=True)

@@ -133,6 +133,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (["jobbuf", "--dsn", "nonsense", "status"], "dsn='nonsense' is invalid"),
         (["jobbuf", "--schema", "jobbuf_no_such_schema", "status"], "jobbuf migrate"),
         (["jobbuf", "enqueue", "default", "{not json"], "is not JSON"),
+        (["jobbuf", "enqueue", "default", "[NaN]"], "is not JSON"),
+        (["jobbuf", "enqueue", "default", "{}", "--delay", "inf"], "--delay=inf is invalid"),
+        (["jobbuf", "enqueue", "default", "{}", "--delay", "-5"], "--delay=-5.0 is invalid"),
         (["jobbuf", "enqueue", "bad queue", "{}"], "queue='bad queue' is not a valid name"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import subprocess
 import sys
@@ -783,6 +784,22 @@ async def test_bad_arguments_are_config_errors(autojump_clock: trio.testing.Mock
 
         with pytest.raises(ConfigError, match="concurrency"):
             await run_workers(buf, noop, concurrency=0)
+
+
+@pytest.mark.parametrize("retry_in", [-1, math.inf, math.nan, 1e12, True])
+async def test_fail_refuses_a_retry_in_that_is_no_delay(retry_in: float) -> None:
+    # Regression: inf or a huge delay passed, and PostgreSQL then refused the whole group
+    # commit ("interval out of range"), failing the other callers' acks with it.
+    source = MemoryJobSource()
+    await source.enqueue("default", 1)
+    with trio.fail_after(10):
+        async with open_job_buffer(source, "w") as buf:
+            job = await buf.take_job()
+            assert job is not None
+            with pytest.raises(ConfigError, match=r"retry_in=.* is invalid: pass seconds from 0 to"):
+                await buf.fail(job, "boom", retry_in=retry_in)
+            await buf.fail(job, "boom", retry_in=100 * 365 * 86400)  # the longest accepted
+    assert [s.status for s in await source.job_states([job.id])] == ["pending"]
 
 
 async def test_fail_uses_backoff_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:

@@ -45,6 +45,7 @@ def test_derived_defaults_follow_their_base() -> None:
         ({"queues": ("a", "a")}, "queues"),
         ({"queues": ("bad name",)}, "queue"),
         ({"retry_base": 0}, "retry_base"),
+        ({"retry_max": 1e12}, "retry_max"),  # past 100 years: would overflow the sources' clocks
         ({"shutdown_timeout": math.inf}, "shutdown_timeout"),
     ],
 )

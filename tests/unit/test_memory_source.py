@@ -44,6 +44,15 @@ async def test_job_an_hour_ahead_is_claimable_after_an_hour_of_virtual_time(
     assert time.monotonic() - started < 1.0
 
 
+async def test_an_ack_batch_that_overflows_the_clock_changes_nothing() -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2])
+    first, second = (await claim(source)).jobs
+    with trio.fail_after(10), pytest.raises(OverflowError):
+        await source.ack([Ack(first), Ack(second, "boom", retry_in=1e12)], default_max_attempts=20)
+    assert [s.status for s in await source.job_states([first.id, second.id])] == ["claimed", "claimed"]
+
+
 async def test_one_hour_backoff_and_lease_expiry_pass_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
     started = time.monotonic()
     with trio.fail_after(100_000):

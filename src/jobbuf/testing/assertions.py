@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._config import MAX_DELAY
+from .._errors import ConfigError
 from .._source import JobSource, JobState, QueueCounts, check_enqueue, encode_payload
 from .helpers import source_now
 
@@ -55,6 +57,8 @@ def _spec(index: int, spec: object, now: datetime | None) -> tuple[str, Any, int
         run_in = spec["run_in"]
         if isinstance(run_in, bool) or not isinstance(run_in, (int, float)):
             raise TypeError(f"jobs[{index}]['run_in']={run_in!r} is invalid: pass seconds from now")
+        if not -MAX_DELAY <= run_in <= MAX_DELAY:
+            raise ConfigError(f"jobs[{index}]['run_in']={run_in!r} is invalid: pass at most 100 years either way")
         assert now is not None
         run_at = now + timedelta(seconds=run_in)
     check_enqueue(queue, priority, run_at, max_attempts)
