@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -118,6 +119,9 @@ async def test_enqueue_jobs_validates_every_spec_before_writing() -> None:
         await enqueue_jobs(source, [{"payload": 1}, {"payload": {1, 2}}])
     with pytest.raises(ConfigError, match="max_attempts"):
         await enqueue_jobs(source, [{"payload": 1}, {"payload": 2, "max_attempts": 0}])
+    for run_in in (math.inf, math.nan, 1e12):  # an OverflowError or ValueError before
+        with pytest.raises(ConfigError, match=r"\['run_in'\]=.* is invalid: pass at most 100 years"):
+            await enqueue_jobs(source, [{"payload": 1}, {"payload": 2, "run_in": run_in}])
     assert await source.job_states() == []
 
 
