@@ -215,8 +215,9 @@ class JobBuffer(AckMethods):
         caller owns them (they keep their claim and can be offered to another buffer).
         Acks of jobs already taken are accepted until ``run`` ends. Idempotent; before
         start it returns ``[]``, and so it does if the buffer's exit begins while it waits
-        for the poller (the exit releases the jobs). Afterwards ``take_job`` raises
-        :class:`BufferClosedError`.
+        for the poller, or if the poller, cancelled, has not ended by ``shutdown_timeout``
+        (the exit releases the jobs). A release cut off by that deadline counts as a
+        failed one. Afterwards ``take_job`` raises :class:`BufferClosedError`.
         """
         if join_timeout is not None and (isinstance(join_timeout, bool) or not join_timeout >= 0):
             raise ConfigError(f"join_timeout={join_timeout!r} is invalid: pass seconds >= 0, or None to wait")
@@ -245,19 +246,26 @@ class JobBuffer(AckMethods):
             if self._poller_scope is not None:
                 self._poller_scope.cancel()  # hard stop: a claim in flight is released by owner at exit
                 await self._poller_done.wait()
-            if self._exiting:  # the exit began meanwhile, and releases what it found: hand out nothing
-                return []
-            jobs = [job for job, _ in self._entries]
-            self._entries.clear()
-            if not release:
-                self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
-            self._stop_drained = drained = trio.Event()
+        # A deadline already past (a join longer than shutdown_timeout) ends the wait above
+        # at once, not the drain: no await from here to the hand-off.
+        if self._exiting or (self._poller_scope is not None and not self._poller_done.is_set()):  # exit releases them
+            return []
+        jobs = [job for job, _ in self._entries]
+        self._entries.clear()
+        if not release:
+            self._handed_off.update(j.id for j in jobs if j.claim is not None and j.claim.owner == self._instance)
+        self._stop_drained = drained = trio.Event()
+        with trio.CancelScope(shield=True, deadline=deadline) as releasing:
             try:
                 await self._release_keeping((jobs if release else []) + self._take_discarded())
             except Exception as exc:  # kept: the exit releases them by owner, or names them
                 self._record_error("stop", exc)
             finally:
                 drained.set()
+        if releasing.cancelled_caught:  # kept too
+            self._record_error(
+                "stop", TimeoutError(f"release not done within shutdown_timeout ({self.config.shutdown_timeout:g}s)")
+            )
         return jobs
 
     # -- the hot path --------------------------------------------------------------------

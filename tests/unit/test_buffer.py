@@ -1169,6 +1169,56 @@ async def test_stop_with_a_claim_hanging_returns_within_shutdown_timeout(
     assert {s.status for s in await source.job_states()} == {"pending"}
 
 
+class SlowReleaseOwner(MemoryJobSource):
+    """Its first claim fails (it may have committed: the poller will release unseen rows
+    by owner) and that release takes 20 s: a database that stopped answering for a while."""
+
+    claims = 0
+    slow = True
+
+    async def claim(self, **kw: Any) -> ClaimResult:
+        self.claims += 1
+        if self.claims == 1:
+            raise OSError("connection reset")
+        return await super().claim(**kw)
+
+    async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
+        if self.slow:
+            self.slow = False
+            await trio.sleep(20)
+        return await super().release_owner(owner, keep)
+
+
+async def test_stop_after_a_poller_round_longer_than_shutdown_timeout_still_hands_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: stop() waited for the poller past its deadline; the drain then began
+    # with that deadline gone, and stop() raised UnboundLocalError instead of returning.
+    source = SlowReleaseOwner()
+    ids = await source.enqueue_many("default", [1, 2])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=2.0)) as buf:  # shutdown_timeout 10
+        await trio.sleep(3)  # both claimed; the poller is in the 20 s release
+        assert buf.depth == 2
+        jobs = await buf.stop(release=False)
+        assert sorted(j.id for j in jobs) == ids
+        for job in jobs:
+            await buf.complete(job)  # still ours to ack
+    assert await source.job_states() == []
+
+
+async def test_a_stop_cancelled_after_shutdown_timeout_is_just_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    source = SlowReleaseOwner()
+    await source.enqueue_many("default", [1, 2])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=2.0)) as buf:
+        await trio.sleep(3)
+        with trio.move_on_after(15) as waited:  # the caller gives up on stop() after 15 s
+            await buf.stop()
+        assert waited.cancelled_caught  # an UnboundLocalError before
+    assert {(s.status, s.attempts) for s in await source.job_states()} == {("pending", 0)}  # the exit released them
+
+
 async def test_a_late_exit_after_stop_still_gets_its_whole_shutdown_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
