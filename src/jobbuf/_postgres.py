@@ -53,6 +53,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,  # the server's or the role's connection limit, for now
     asyncpg.exceptions.OperatorInterventionError,
 )
 MISSING_SCHEMA = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
@@ -157,11 +158,15 @@ class PostgresJobSource:
     async def migrate(self) -> list[int]:
         """Apply missing migrations under an advisory lock; return the versions applied.
 
+        A schema already at this version is only read, so a role without the right to
+        create schemas can open it with ``migrate=True``.
         No ``operation_timeout``: a migration may take long, or wait for another one's lock.
         Bound it from outside (a trio deadline) if needed; cancelled, it rolls back."""
         sql = self._sql
 
         async def op(conn: Any) -> list[int]:
+            if (await self._version(conn) or 0) >= SCHEMA_VERSION:
+                return []  # nothing to apply (a newer schema is check_schema's to refuse)
             async with conn.transaction():
                 await conn.execute(sql.migrate_lock(), self.schema)
                 await conn.execute(sql.migrate_prelude())
@@ -177,16 +182,15 @@ class PostgresJobSource:
         # A migration may take long; its transaction's rollback on cancellation needs a Task.
         return await self._call(op, timeout=math.inf, in_task=True)
 
+    async def _version(self, conn: Any) -> int | None:
+        """The schema's version, or None when it has no version table."""
+        if not await conn.fetchval(self._sql.schema_exists(), f"{self._sql.s}.schema_version"):
+            return None
+        return int(await conn.fetchval(self._sql.current_version()))
+
     async def check_schema(self) -> int:
         """Return the schema version; raise :class:`SchemaError` naming the fix if it is not usable."""
-        sql = self._sql
-
-        async def op(conn: Any) -> int | None:
-            if not await conn.fetchval(sql.schema_exists(), f"{sql.s}.schema_version"):
-                return None
-            return int(await conn.fetchval(sql.current_version()))
-
-        version = await self._call(op)
+        version = await self._call(self._version)
         if version is None:
             raise SchemaError(self._schema_fix(f"schema {self.schema!r} not found in {self.dsn}"))
         if version < SCHEMA_VERSION:

@@ -305,3 +305,60 @@ def test_cli_interrupted_enqueue_says_how_far_it_got_and_exits_128_plus_signal(
     ), err
     count = _run_sql(jobbuf_dsn, f'SELECT count(*) AS n FROM "{jobbuf_cli.schema}".jobs', ())[0]["n"]
     assert count in (reported, reported + 10000) and out == ""
+
+
+@pytest.fixture
+def app_role(jobbuf_dsn: str) -> Iterator[tuple[str, str]]:
+    """(schema, DSN) for a role that may use a migrated schema but create nothing, with a
+    connection limit of 2; the role and the schema are dropped after the test."""
+    schema, role = fresh_schema_name(), f"jobbuf_app_{os.urandom(4).hex()}"
+    url = urlsplit(jobbuf_dsn)
+    netloc = role + url.netloc[url.netloc.index("@") :] if "@" in url.netloc else f"{role}@{url.netloc}"
+    grants = [  # a new role may not create schemas in the database (PostgreSQL's default)
+        f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2",
+        f'GRANT USAGE ON SCHEMA "{schema}" TO {role}',
+        f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {role}',
+        f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}',
+    ]
+
+    async def migrate() -> None:
+        async with open_postgres_source(jobbuf_dsn, schema=schema, migrate=True):
+            pass
+
+    trio.run(migrate)
+    for statement in grants:
+        _run_sql(jobbuf_dsn, statement, ())
+    try:
+        yield schema, urlunsplit(url._replace(netloc=netloc))
+    finally:
+        drop_schema(jobbuf_dsn, schema)
+        _run_sql(jobbuf_dsn, f"DROP OWNED BY {role}", ())
+        _run_sql(jobbuf_dsn, f"DROP ROLE {role}", ())
+
+
+async def test_a_role_that_cannot_create_opens_an_up_to_date_schema_with_migrate(app_role: tuple[str, str]) -> None:
+    # Regression: migrate=True always ran CREATE SCHEMA IF NOT EXISTS, refused for want of
+    # the CREATE right even when there was nothing to create.
+    schema, dsn = app_role
+    with trio.fail_after(30):
+        async with open_postgres_source(dsn, schema=schema, migrate=True) as source:
+            assert source.migrated == []
+            assert await source.enqueue("default", {"n": 1}) > 0
+
+
+async def test_the_connection_limit_is_a_passing_unavailability_retried(app_role: tuple[str, str]) -> None:
+    # Regression: TooManyConnectionsError escaped raw from enqueue, not retried.
+    schema, dsn = app_role
+    with trio.fail_after(30):
+        async with open_postgres_source(dsn, schema=schema, retry_timeout=20) as source:
+            # The pool's first connection and the LISTEN one are the role's 2: a second
+            # enqueue at once needs a third connection, refused until the first is free.
+            ids: list[int] = []
+
+            async def one(n: int) -> None:
+                ids.append(await source.enqueue("default", {"n": n}))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(3):
+                    nursery.start_soon(one, n)
+            assert len(ids) == 3
