@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,7 +62,8 @@ async def open_postgres_source(
     and handled like a lost connection: retried within ``retry_timeout`` where allowed,
     else :class:`DatabaseUnavailableError`.
 
-    Raises :class:`ConfigError` for a malformed DSN or schema name,
+    Raises :class:`ConfigError` for a malformed DSN, schema name or option (``pool_size``
+    an int >= 1, ``retry_timeout`` >= 0, the other timeouts > 0, all finite),
     :class:`DatabaseUnavailableError` when the server cannot be reached, and
     :class:`SchemaError` when the schema is missing (unless ``migrate=True``, which creates
     or upgrades it). On exit every connection is closed, shielded, within a deadline.
@@ -71,6 +73,7 @@ async def open_postgres_source(
     if len(schema) > 48:
         raise ConfigError(f"schema={schema!r} is too long: use at most 48 characters")
     _server_settings(application_name)  # validate eagerly, before any connection
+    _check_options(pool_size, retry_timeout, connect_timeout, operation_timeout)
     with single_error():
         async with trio_asyncio.open_loop() as loop:
             loop.set_exception_handler(_log_loop_exception)
@@ -99,6 +102,17 @@ async def open_postgres_source(
             finally:
                 await relaxed.aclose()
                 await durable.aclose()
+
+
+def _check_options(pool_size: int, retry_timeout: float, connect_timeout: float, operation_timeout: float) -> None:
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigError(f"pool_size={pool_size!r} is invalid: it must be an int >= 1")
+    timeouts = (("retry_timeout", retry_timeout, ">= 0"), ("connect_timeout", connect_timeout, "> 0"),
+                ("operation_timeout", operation_timeout, "> 0"))  # fmt: skip
+    for name, value, rule in timeouts:  # retry_timeout=0: no retries
+        number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if not number or value < 0 or (value == 0 and rule == "> 0"):
+            raise ConfigError(f"{name}={value!r} is invalid: it must be a finite number of seconds {rule}")
 
 
 def _server_settings(application_name: str | None) -> dict[str, str] | None:

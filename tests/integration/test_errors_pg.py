@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -34,6 +35,19 @@ async def test_malformed_dsn_is_a_config_error(dsn: str) -> None:
             pass
     assert "dsn" in str(info.value)
     assert ":p@" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("pool_size", 0), ("pool_size", -1), ("pool_size", 2.0), ("retry_timeout", math.nan), ("retry_timeout", -1),
+     ("connect_timeout", 0), ("operation_timeout", 0), ("operation_timeout", math.inf), ("connect_timeout", "5")],
+)  # fmt: skip
+async def test_bad_options_are_config_errors_before_connecting(option: str, value: object) -> None:
+    # Regression: pool_size=0 waited operation_timeout out, then blamed the database;
+    # pool_size=-1 was a bare ValueError; a NaN retry_timeout was taken.
+    with trio.fail_after(5), pytest.raises(ConfigError, match=f"{option}={value!r} is invalid: it must be"):
+        async with open_postgres_source(UNREACHABLE, **{option: value}):  # type: ignore[arg-type]
+            pass
 
 
 async def test_unreachable_server_is_database_unavailable_without_password() -> None:
