@@ -72,7 +72,9 @@ class AckMethods:
 
     async def release(self, job: Job) -> bool:
         """Give a taken job back to the source unprocessed (attempt given back). Returns
-        whether the row was released (False if its claim no longer matches)."""
+        whether the row was released (False if its claim no longer matches).
+        :class:`BufferClosedError` after ``run`` ended."""
+        self._check_open(job, "release")
         try:
             released = await self._release([job])
         except DatabaseUnavailableError:
@@ -141,9 +143,9 @@ class AckMethods:
         elif outcome == "lost":
             log.warning("jobbuf buffer %r: job %s was taken over; ack not applied", self._worker_id, ack.job.id)
 
-    def _check_open(self, job: Job) -> None:
+    def _check_open(self, job: Job, what: str = "ack") -> None:
         if self._state == "closed":
-            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; ack of job {job.id} refused")
+            raise BufferClosedError(f"buffer {self._worker_id!r} has exited; {what} of job {job.id} refused")
 
     def _settle(self, job: Job, outcome: AckOutcome | None, error: BaseException | None) -> None:
         """Bookkeeping once an ack's flush ended: with a known outcome the job leaves the

@@ -37,8 +37,9 @@ class BufferAlreadyRunningError(JobbufError, RuntimeError):
 
 
 class BufferClosedError(JobbufError):
-    """The buffer was stopped: it hands out no more jobs and accepts no more acks. Also
-    raised by ``offer_jobs`` before the buffer has started."""
+    """The buffer was stopped: it hands out no more jobs (``take_job``, ``offer_jobs``),
+    and once ``run`` has ended it accepts no acks or releases either. Also raised by
+    ``offer_jobs`` before the buffer has started."""
 
 
 class LeaseLostError(JobbufError):

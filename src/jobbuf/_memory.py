@@ -154,6 +154,7 @@ class MemoryJobSource:
         max_attempts: int | None = None,
     ) -> int:
         """Add one job; return its id. A non-JSON payload is a ``TypeError``; nothing is stored."""
+        check_enqueue(queue, priority, run_at, max_attempts)  # first, as PostgresJobSource does
         text = encode_payload(payload)
         return (await self._insert("enqueue", queue, [text], priority, run_at, max_attempts))[0]
 
@@ -167,12 +168,14 @@ class MemoryJobSource:
         max_attempts: int | None = None,
     ) -> list[int]:
         """Add jobs atomically (all or none) with one wake-up; return ids in payload order."""
+        check_enqueue(queue, priority, run_at, max_attempts)
         texts = [encode_payload(p) for p in payloads]
         return await self._insert("enqueue_many", queue, texts, priority, run_at, max_attempts)
 
     async def enqueue_raw(self, queue: str, text: str, *, priority: int = 0, max_attempts: int | None = None) -> int:
         """Test-only: store ``text`` as the payload unchecked (e.g. undecodable JSON), to
         exercise quarantine at claim."""
+        check_enqueue(queue, priority, None, max_attempts)
         return (await self._insert("enqueue_raw", queue, [text], priority, None, max_attempts))[0]
 
     async def _insert(
@@ -184,7 +187,6 @@ class MemoryJobSource:
         run_at: datetime | None,
         max_attempts: int | None,
     ) -> list[int]:
-        check_enqueue(queue, priority, run_at, max_attempts)
         due = None if run_at is None else run_at.astimezone(UTC)
         now = await self._enter(method)
         ids = list(range(self._next_id, self._next_id + len(texts)))

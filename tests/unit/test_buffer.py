@@ -270,6 +270,19 @@ async def test_stop_then_take_raises_closed(autojump_clock: trio.testing.MockClo
             buf.offer_jobs([])
 
 
+async def test_acks_and_releases_after_the_exit_are_refused(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    await source.enqueue_many("default", [1, 2])
+    async with open_job_buffer(source, "w") as buf:
+        first, second = await buf.take_job(), await buf.take_job()
+        assert first is not None and second is not None
+    with pytest.raises(BufferClosedError, match=f"release of job {first.id} refused"):
+        await buf.release(first)  # a release went through to the source before
+    with pytest.raises(BufferClosedError, match=f"ack of job {second.id} refused"):
+        await buf.complete(second)
+    assert {(s.status, s.attempts) for s in await source.job_states()} == {("pending", 0)}  # the exit released both
+
+
 async def test_offer_jobs_while_the_buffer_starts_is_refused(autojump_clock: trio.testing.MockClock) -> None:
     # A start that then failed would have stranded them: no exit releases them.
     class SlowStart(MemoryJobSource):

@@ -111,6 +111,10 @@ class SourceContract(AckLeaseAndOperatorContract):
             for max_attempts in (0, -1):
                 with pytest.raises(ConfigError, match="max_attempts"):
                     await source.enqueue("default", {}, max_attempts=max_attempts)
+            with pytest.raises(ConfigError):  # the arguments are checked before the payload
+                await source.enqueue("bad name", {1, 2})
+            with pytest.raises(ConfigError):
+                await source.enqueue_many("bad name", [{1, 2}])
             assert await source.job_states() == []
 
     # -- claim ---------------------------------------------------------------------------
