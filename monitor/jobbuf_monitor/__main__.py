@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -44,6 +45,7 @@ PROG = "jobbuf-monitor"
 DEMO_CMD_ENV = "JOBBUF_MONITOR_DEMO_CMD"
 """Hidden override of the demo command (shlex-split), for tests and development."""
 DEMO_STOP_TIMEOUT = 10.0
+QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class CliError(Exception):
@@ -93,10 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_args(args: argparse.Namespace) -> None:
     try:
         quote_schema(args.schema)
-        if args.queue is not None:
-            quote_schema(args.queue)
     except ValueError as exc:
-        raise CliError(str(exc).replace("schema", "--schema" if args.queue is None else "name", 1)) from None
+        raise CliError(str(exc).replace("schema", "--schema", 1)) from None
+    if args.queue is not None and not QUEUE_NAME.fullmatch(args.queue):  # jobbuf's rule for queue names
+        raise CliError(
+            f"--queue {args.queue!r} is not a valid name: use 1-63 letters, digits or underscores, "
+            "not starting with a digit"
+        )
     if not args.refresh > 0:
         raise CliError(f"--refresh {args.refresh} is invalid: it must be > 0 seconds")
     if args.json and not args.once:
@@ -111,7 +116,9 @@ def _resolve_dsn(given: str | None) -> str:
 
 
 def _schema_hint(schema: str, dsn: str) -> str:
-    return f'schema "{schema}" not found: run jobbuf migrate --dsn {redact_dsn(dsn)}' + (
+    shown = redact_dsn(dsn)
+    shown = "<your DSN>" if "***" in shown else shown  # a redacted DSN would not work if copied
+    return f'schema "{schema}" not found: run jobbuf migrate --dsn {shown}' + (
         f" --schema {schema}" if schema != "jobbuf" else ""
     )
 

@@ -78,6 +78,21 @@ def test_missing_schema_exits_2_and_names_the_fix(dsn: str) -> None:
     assert_one_line_error(proc, 'schema "jbmon_nonexistent" not found: run jobbuf migrate --dsn')
 
 
+def test_missing_schema_hint_never_shows_a_redacted_dsn(dsn: str) -> None:
+    secret = dsn.replace("://postgres@", "://postgres:hunter2@")  # trust auth ignores it
+    assert "hunter2" in secret
+    proc = monitor("--dsn", secret, "--schema", "jbmon_nonexistent")
+    assert_one_line_error(proc, 'schema "jbmon_nonexistent" not found: run jobbuf migrate --dsn <your DSN> --schema')
+
+
+def test_queue_takes_jobbuf_queue_names(db: Db) -> None:
+    long_name = "q" * 63  # jobbuf's longest; the monitor allowed only 48 (the schema rule)
+    proc = monitor("--schema", db.schema, "--queue", long_name, "--once", JOBBUF_DSN=db.dsn)
+    assert proc.returncode == 0, proc.stderr
+    proc = monitor("--dsn", "postgresql://x@127.0.0.1:1/y", "--queue", "q" * 64)
+    assert_one_line_error(proc, f"--queue '{'q' * 64}' is not a valid name: use 1-63 letters")
+
+
 def test_invalid_schema_name_exits_2() -> None:
     proc = monitor("--dsn", "postgresql://x@127.0.0.1:1/y", "--schema", "bad;name")
     assert_one_line_error(proc, "not a valid name")
