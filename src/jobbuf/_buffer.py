@@ -63,6 +63,11 @@ class JobBuffer(AckMethods):
     def __init__(self, source: JobSource, worker_id: str, config: BufferConfig | None = None) -> None:
         if config is not None and not isinstance(config, BufferConfig):
             raise ConfigError(f"config={config!r} is invalid: pass a BufferConfig(...) or None")
+        if not isinstance(source, JobSource):
+            raise ConfigError(
+                f"source={source!r} is not a JobSource: pass the source itself, e.g. the one "
+                "`async with open_postgres_source(dsn) as source:` gives, or a MemoryJobSource()"
+            )
         self._source = source
         self._worker_id = _check_worker_id(worker_id)
         self.config = config or BufferConfig()

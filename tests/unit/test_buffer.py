@@ -30,6 +30,7 @@ from jobbuf import (
     LeaseLostError,
     MemoryJobSource,
     open_job_buffer,
+    open_postgres_source,
     rates,
     run_workers,
 )
@@ -788,6 +789,9 @@ async def test_bad_arguments_are_config_errors(autojump_clock: trio.testing.Mock
         JobBuffer(MemoryJobSource(), "")
     with pytest.raises(ConfigError, match="config"):
         JobBuffer(MemoryJobSource(), "w", {"capacity": 3})  # type: ignore[arg-type]
+    not_entered = open_postgres_source("postgresql://x@127.0.0.1:1/y")  # an AttributeError at start before
+    with pytest.raises(ConfigError, match="is not a JobSource: pass the source itself"):
+        JobBuffer(not_entered, "w")  # type: ignore[arg-type]
     async with open_job_buffer(MemoryJobSource(), "w") as buf:
         with pytest.raises(ConfigError, match="timeout"):
             await buf.take_job(-1)
