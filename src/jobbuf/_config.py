@@ -58,7 +58,8 @@ class BufferConfig:
     Validated on construction: a bad value raises :class:`ConfigError` naming the field, the
     value and the rule; an unknown option is a ``TypeError``. ``batch_size`` defaults to
     ``capacity`` and ``heartbeat_interval`` to ``lease / 3``; after construction both are
-    always set.
+    always set, so ``dataclasses.replace`` keeps them even when it changes what they were
+    derived from (pass them again).
     """
 
     capacity: int = 50
