@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .embedded import cli_dsn, redact_dsn
+from .embedded import cli_dsn, copyable_dsn, redact_dsn
 from .feed import (
     MonitorError,
     SchemaMissingError,
@@ -116,9 +116,7 @@ def _resolve_dsn(given: str | None) -> str:
 
 
 def _schema_hint(schema: str, dsn: str) -> str:
-    shown = redact_dsn(dsn)
-    shown = "<your DSN>" if "***" in shown else shown  # a redacted DSN would not work if copied
-    return f'schema "{schema}" not found: run jobbuf migrate --dsn {shown}' + (
+    return f'schema "{schema}" not found: run jobbuf migrate --dsn {copyable_dsn(dsn)}' + (
         f" --schema {schema}" if schema != "jobbuf" else ""
     )
 

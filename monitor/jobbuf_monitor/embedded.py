@@ -17,6 +17,7 @@ __all__ = [
     "LOCAL_DSN",
     "EmbeddedServerUnavailableError",
     "cli_dsn",
+    "copyable_dsn",
     "data_dir",
     "dsn_parse_error",
     "dsn_password",
@@ -35,8 +36,9 @@ class EmbeddedServerUnavailableError(Exception):
 
 
 # A URL's password runs from the colon after the user name to the last "@" before a space:
-# it may hold an unencoded "@", "/", "?" or "#" (which parsers then take for other parts).
-_URL_PASSWORD = re.compile(r"(://[^:/@?#\s]*):(\S*)@")
+# it may hold an unencoded "@", "/", "?" or "#" (which parsers then take for other parts),
+# and the user name an "@" too ("admin@server", as some hosted services write it).
+_URL_PASSWORD = re.compile(r"(://[^:/?#\s]*):(\S*)@")
 _QUERY_PASSWORD = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
 
 
@@ -61,8 +63,17 @@ def dsn_parse_error(exc: BaseException, dsn: str) -> str:
     text = redact_dsn(" ".join(str(exc).split()) or type(exc).__name__)
     pieces = {form for piece in re.split(r"[@/?#:]", dsn_password(dsn) or "") for form in (piece, unquote(piece))}
     if any(piece and piece in text for piece in pieces):
-        return "it cannot be parsed (percent-encode any @ : / ? # in the user name and password)"
+        return (
+            "it cannot be parsed: check its host, port and database, and percent-encode "
+            "any @ : / ? # in the user name and password"
+        )
     return text
+
+
+def copyable_dsn(dsn: str) -> str:
+    """``dsn`` for a hint to copy: redacted, it would not work, so then ``<your DSN>``."""
+    shown = redact_dsn(dsn)
+    return "<your DSN>" if "***" in shown else shown
 
 
 def data_dir() -> Path:

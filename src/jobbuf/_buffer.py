@@ -37,6 +37,10 @@ __all__ = ["JobBuffer", "open_job_buffer"]
 log = logging.getLogger("jobbuf.buffer")
 
 
+_SOURCE_CALLS = ("claim", "release", "release_owner", "ack", "heartbeat", "deregister", "listen")
+"""The JobSource methods a buffer calls (a source needs no more)."""
+
+
 def _check_worker_id(worker_id: object) -> str:
     if not isinstance(worker_id, str) or not worker_id.strip() or len(worker_id) > 200 or not worker_id.isprintable():
         raise ConfigError(
@@ -63,10 +67,11 @@ class JobBuffer(AckMethods):
     def __init__(self, source: JobSource, worker_id: str, config: BufferConfig | None = None) -> None:
         if config is not None and not isinstance(config, BufferConfig):
             raise ConfigError(f"config={config!r} is invalid: pass a BufferConfig(...) or None")
-        if not isinstance(source, JobSource):
+        missing = [name for name in _SOURCE_CALLS if not callable(getattr(source, name, None))]
+        if missing:
             raise ConfigError(
-                f"source={source!r} is not a JobSource: pass the source itself, e.g. the one "
-                "`async with open_postgres_source(dsn) as source:` gives, or a MemoryJobSource()"
+                f"source={source!r} is not a JobSource (no {', '.join(missing)}): pass the source itself, e.g. "
+                "the one `async with open_postgres_source(dsn) as source:` gives, or a MemoryJobSource()"
             )
         self._source = source
         self._worker_id = _check_worker_id(worker_id)

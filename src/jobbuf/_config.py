@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -20,11 +21,12 @@ the sources' clocks (PostgreSQL's intervals, Python's datetime)."""
 
 
 def check_delay(name: str, value: object) -> float:
-    """``value`` as seconds if it is a number from 0 to :data:`MAX_DELAY`; else ``ConfigError``
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DELAY:
+    """``value`` as float seconds if it is a real number (int, float, Fraction, NumPy's...)
+    from 0 to :data:`MAX_DELAY`; else ``ConfigError`` naming ``name``."""
+    seconds = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if not 0 <= seconds <= MAX_DELAY:
         raise ConfigError(f"{name}={value!r} is invalid: pass seconds from 0 to {MAX_DELAY:.0f} (100 years)")
-    return float(value)
+    return seconds
 
 
 def check_identifier(kind: str, value: object) -> str:

@@ -63,7 +63,8 @@ async def open_postgres_source(
     else :class:`DatabaseUnavailableError`.
 
     Raises :class:`ConfigError` for a malformed DSN, schema name or option (``pool_size``
-    an int >= 1, ``retry_timeout`` >= 0, the other timeouts > 0, all finite),
+    an int >= 1, ``retry_timeout`` >= 0, the other timeouts > 0; ``math.inf`` means no
+    limit, except for ``connect_timeout``),
     :class:`DatabaseUnavailableError` when the server cannot be reached, and
     :class:`SchemaError` when the schema is missing (unless ``migrate=True``, which creates
     or upgrades it). On exit every connection is closed, shielded, within a deadline.
@@ -107,12 +108,19 @@ async def open_postgres_source(
 def _check_options(pool_size: int, retry_timeout: float, connect_timeout: float, operation_timeout: float) -> None:
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ConfigError(f"pool_size={pool_size!r} is invalid: it must be an int >= 1")
-    timeouts = (("retry_timeout", retry_timeout, ">= 0"), ("connect_timeout", connect_timeout, "> 0"),
-                ("operation_timeout", operation_timeout, "> 0"))  # fmt: skip
-    for name, value, rule in timeouts:  # retry_timeout=0: no retries
-        number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-        if not number or value < 0 or (value == 0 and rule == "> 0"):
-            raise ConfigError(f"{name}={value!r} is invalid: it must be a finite number of seconds {rule}")
+
+    def seconds(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    checks = (  # NaN fails every comparison
+        ("retry_timeout", retry_timeout, seconds(retry_timeout) and retry_timeout >= 0, ">= 0 (0: no retries)"),
+        ("connect_timeout", connect_timeout, seconds(connect_timeout) and 0 < connect_timeout < math.inf,
+         "> 0 and finite"),
+        ("operation_timeout", operation_timeout, seconds(operation_timeout) and operation_timeout > 0, "> 0"),
+    )  # fmt: skip
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{name}={value!r} is invalid: it must be seconds {rule}")
 
 
 def _server_settings(application_name: str | None) -> dict[str, str] | None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import trio
 
-from jobbuf_monitor.embedded import redact_dsn
+from jobbuf_monitor.embedded import copyable_dsn, redact_dsn
 
 from . import _jitter
 from ._config import check_identifier
@@ -144,9 +144,8 @@ class PostgresJobSource:
             delay = min(delay * 2, 1.0)
 
     def _schema_fix(self, problem: str) -> str:
-        # A redacted DSN would not work if copied: then the hint names a placeholder.
-        dsn = "<your DSN>" if "***" in self.dsn else self.dsn
-        return f"{problem}: run `jobbuf migrate --dsn {dsn} --schema {self.schema}` or pass migrate=True"
+        fix = f"jobbuf migrate --dsn {copyable_dsn(self.dsn)} --schema {self.schema}"
+        return f"{problem}: run `{fix}` or pass migrate=True"
 
     async def _fetch(self, sql: str, *args: Any, retry: bool = False) -> list[Any]:
         async def op(conn: Any) -> list[Any]:

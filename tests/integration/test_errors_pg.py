@@ -40,7 +40,7 @@ async def test_malformed_dsn_is_a_config_error(dsn: str) -> None:
 @pytest.mark.parametrize(
     ("option", "value"),
     [("pool_size", 0), ("pool_size", -1), ("pool_size", 2.0), ("retry_timeout", math.nan), ("retry_timeout", -1),
-     ("connect_timeout", 0), ("operation_timeout", 0), ("operation_timeout", math.inf), ("connect_timeout", "5")],
+     ("connect_timeout", 0), ("operation_timeout", 0), ("connect_timeout", math.inf), ("connect_timeout", "5")],
 )  # fmt: skip
 async def test_bad_options_are_config_errors_before_connecting(option: str, value: object) -> None:
     # Regression: pool_size=0 waited operation_timeout out, then blamed the database;
@@ -48,6 +48,15 @@ async def test_bad_options_are_config_errors_before_connecting(option: str, valu
     with trio.fail_after(5), pytest.raises(ConfigError, match=f"{option}={value!r} is invalid: it must be"):
         async with open_postgres_source(UNREACHABLE, **{option: value}):  # type: ignore[arg-type]
             pass
+
+
+async def test_no_limit_is_math_inf(jobbuf_dsn: str) -> None:
+    schema = fresh_schema_name()  # dropped at the session's end
+    with trio.fail_after(30):
+        async with open_postgres_source(
+            jobbuf_dsn, schema=schema, migrate=True, retry_timeout=math.inf, operation_timeout=math.inf
+        ) as source:
+            assert await source.enqueue("default", {}) > 0
 
 
 async def test_unreachable_server_is_database_unavailable_without_password() -> None:

@@ -164,12 +164,16 @@ def test_dropped_schema_reports_no_schema(db: Db) -> None:
 
 
 @pytest.mark.parametrize("password", ["Xy9#secret", "Xy9/secret", "Xy9?secret", "Xy9@secret", "Xy9:secret"])
-def test_passwords_with_reserved_characters_are_redacted_whole(password: str) -> None:
-    # Regression: the URL rule stopped at the first "#", "/", "?" or "@" of the password.
-    dsn = f"postgresql://bob:{password}@db:5432/x"
-    assert redact_dsn(dsn) == "postgresql://bob:***@db:5432/x"
+@pytest.mark.parametrize("user", ["bob", "bob@server"])  # the second as some hosted services write it
+def test_passwords_with_reserved_characters_are_redacted_whole(user: str, password: str) -> None:
+    # Regression: the URL rule stopped at the first "#", "/", "?" or "@" of the password,
+    # and matched nothing when the user name held an "@".
+    dsn = f"postgresql://{user}:{password}@db:5432/x?sslmode=require"
+    assert redact_dsn(dsn) == f"postgresql://{user}:***@db:5432/x?sslmode=require"
     assert dsn_password(dsn) == password
-    assert redact_dsn("postgresql://db:5432/x and bob@example") == "postgresql://db:5432/x and bob@example"
+    for clean in ("postgresql://db:5432/x and bob@example", "postgresql://bob@db:5432/x", "postgresql://db/x?a=b&c=d"):
+        assert redact_dsn(clean) == clean
+    assert redact_dsn("postgresql://db/x?password=s3cret&sslmode=y") == "postgresql://db/x?password=***&sslmode=y"
     # A parser's message may quote a piece of such a password: it is not shown then.
     assert "Xy9" not in dsn_parse_error(ValueError("invalid literal for int() with base 10: 'Xy9'"), dsn)
     assert dsn_parse_error(ValueError("invalid port"), dsn) == "invalid port"  # no piece of it: shown

@@ -790,8 +790,17 @@ async def test_bad_arguments_are_config_errors(autojump_clock: trio.testing.Mock
     with pytest.raises(ConfigError, match="config"):
         JobBuffer(MemoryJobSource(), "w", {"capacity": 3})  # type: ignore[arg-type]
     not_entered = open_postgres_source("postgresql://x@127.0.0.1:1/y")  # an AttributeError at start before
-    with pytest.raises(ConfigError, match="is not a JobSource: pass the source itself"):
+    with pytest.raises(ConfigError, match=r"is not a JobSource \(no claim, release, .*\): pass the source itself"):
         JobBuffer(not_entered, "w")  # type: ignore[arg-type]
+
+    class Delegating:  # a wrapper that forwards to a source, and defines none of it itself
+        def __init__(self, inner: MemoryJobSource) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    JobBuffer(Delegating(MemoryJobSource()), "w")  # type: ignore[arg-type]  # works: only the calls matter
     async with open_job_buffer(MemoryJobSource(), "w") as buf:
         with pytest.raises(ConfigError, match="timeout"):
             await buf.take_job(-1)
@@ -1221,6 +1230,41 @@ async def test_stop_after_a_poller_round_longer_than_shutdown_timeout_still_hand
         for job in jobs:
             await buf.complete(job)  # still ours to ack
     assert await source.job_states() == []
+
+
+async def test_stop_whose_poller_outlives_shutdown_timeout_hands_out_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Stuck(SlowReleaseOwner):  # the poller's release of unseen rows ignores cancellation
+        async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
+            if self.slow:
+                self.slow = False
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(20)
+            return await MemoryJobSource.release_owner(self, owner, keep)
+
+    source = Stuck()
+    await source.enqueue_many("default", [1, 2])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=2.0)) as buf:  # shutdown_timeout 10
+        await trio.sleep(3)
+        assert buf.depth == 2
+        started = trio.current_time()
+        assert await buf.stop(join_timeout=0) == []  # the poller still runs: the exit releases them
+        assert trio.current_time() - started == pytest.approx(10.0)
+    assert {(s.status, s.attempts) for s in await source.job_states()} == {("pending", 0)}
+
+
+async def test_a_release_cut_off_by_stops_deadline_counts_as_failed(autojump_clock: trio.testing.MockClock) -> None:
+    source = SlowReleaseOwner()
+    await source.enqueue_many("default", [1, 2])
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=2.0)) as buf:
+        await trio.sleep(3)  # the poller is in its 20 s release: stop's 10 s are gone by the drain
+        errors = buf.stats().poll_errors
+        assert len(await buf.stop()) == 2
+        stats = buf.stats()
+        assert stats.poll_errors == errors + 1
+        assert stats.last_error == "stop: TimeoutError: release not done within shutdown_timeout (10s)"
+    assert {(s.status, s.attempts) for s in await source.job_states()} == {("pending", 0)}  # the exit released them
 
 
 async def test_a_stop_cancelled_after_shutdown_timeout_is_just_cancelled(
