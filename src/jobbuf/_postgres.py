@@ -290,7 +290,7 @@ class PostgresJobSource:
         # The common case, completions of one owner's claims, has a cheaper statement.
         if not failed and only_owner is not None:  # (so every job has a claim)
             return await self._complete(done, only_owner)
-        existing_sql = self._sql.existing()
+        existing_sql, failed_sql = self._sql.existing(), self._sql.failed()
         ack_sql, args = self._ack_sql, (
             *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
             [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
@@ -302,6 +302,10 @@ class PostgresJobSource:
             if missing:  # see Statements.existing
                 still = {row[0] for row in await conn.fetch(existing_sql, missing)}
                 outcomes.update({i: "done" for i in missing if i not in still})
+            unmatched = [(a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim]
+            if unmatched:  # see Statements.failed
+                ids, tokens = zip(*unmatched, strict=True)
+                outcomes.update({row[0]: row[1] for row in await conn.fetch(failed_sql, list(ids), list(tokens))})
             return outcomes
 
         outcomes = await self._call(op, retry=True)

@@ -249,8 +249,8 @@ class Statements:
                 status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $9)
                          THEN 'dead' ELSE 'pending' END,
                 run_at = now() + c.retry_in * interval '1 second',
-                last_error = c.error, owner = NULL, worker_id = NULL, claim_token = NULL,
-                lease_expires_at = NULL
+                last_error = c.error, owner = NULL, worker_id = NULL, lease_expires_at = NULL
+                -- claim_token kept until the next claim: see Statements.failed
             FROM {fail_claims} WHERE {_match(4)}
             RETURNING j.id, j.status
         )
@@ -273,6 +273,16 @@ class Statements:
             return f"""UPDATE {self.s}.jobs j SET status = 'done', owner = NULL, claim_token = NULL,
                 lease_expires_at = NULL FROM {claims} WHERE {match}"""
         return f"DELETE FROM {self.s}.jobs j USING {claims} WHERE {match}"
+
+    def failed(self) -> str:
+        # Which failures that did not match were applied by an earlier try of the same ack
+        # (its reply lost with its connection): the row is no longer claimed and still
+        # carries that claim's token (a failure keeps it until the next claim).
+        # $1 ids, $2 their claims' tokens.
+        return f"""
+        SELECT j.id, CASE j.status WHEN 'dead' THEN 'dead' ELSE 'retry' END
+        FROM {self.s}.jobs j JOIN unnest($1::bigint[], $2::bigint[]) AS c(id, token) ON j.id = c.id
+        WHERE j.claim_token = c.token AND j.status IN ('pending', 'dead')"""
 
     def existing(self) -> str:
         # Which of the ids of acks that did not match are still there, not done: those were
@@ -326,6 +336,6 @@ class Statements:
         # Put dead jobs back: pending, attempts reset, error kept for the record.
         # $1 queue, $2 ids (NULL: every dead job of the queue).
         return f"""
-        UPDATE {self.s}.jobs SET status = 'pending', attempts = 0, run_at = now()
+        UPDATE {self.s}.jobs SET status = 'pending', attempts = 0, run_at = now(), claim_token = NULL
         WHERE status = 'dead' AND queue = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))
         RETURNING id"""

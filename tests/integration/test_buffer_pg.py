@@ -339,3 +339,29 @@ async def test_second_start_raises(pg: Pg) -> None:
                 await nursery.start(buf.run)
             assert isinstance(info.value, RuntimeError)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_fail_whose_reply_was_lost_is_not_reported_as_a_lost_lease(pg: Pg) -> None:
+    # Regression: the retry matched no claim (the first try had applied the failure), so
+    # fail() raised LeaseLostError, "ack not applied", and stats counted a lost lease.
+    source, _ = pg
+    with trio.fail_after(30):
+        [job_id] = await source.enqueue_many("default", [1])
+        async with open_job_buffer(source, "w", BufferConfig(poll_interval=0.1)) as buf:
+            job = await buf.take_job(timeout=5)
+            assert job is not None and job.id == job_id
+            durable, lose = source._durable, [True]
+            real_run = durable.run
+
+            async def reply_lost(op: Any, *, in_task: bool = False) -> Any:
+                result = await real_run(op, in_task=in_task)
+                if lose.pop() if lose else False:  # committed; the reply never arrives
+                    raise ConnectionResetError("reply lost")
+                return result
+
+            durable.run = reply_lost  # type: ignore[method-assign]
+            await buf.fail(job, "boom", retry_in=3600)
+            assert not lose  # the first try's reply was lost, and the ack retried
+            assert (buf.stats().failed, buf.stats().lease_lost) == (1, 0)
+        [row] = await source.job_states([job_id])
+        assert (row.status, row.attempts, row.last_error) == ("pending", 1, "boom")
