@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from fractions import Fraction
 from functools import partial
 from typing import Any
 
@@ -824,7 +825,7 @@ async def test_fail_refuses_a_retry_in_that_is_no_delay(retry_in: float) -> None
             assert job is not None
             with pytest.raises(ConfigError, match=r"retry_in=.* is invalid: pass seconds from 0 to"):
                 await buf.fail(job, "boom", retry_in=retry_in)
-            await buf.fail(job, "boom", retry_in=100 * 365 * 86400)  # the longest accepted
+            await buf.fail(job, "boom", retry_in=Fraction(100 * 365 * 86400))  # the longest; any real number
     assert [s.status for s in await source.job_states([job.id])] == ["pending"]
 
 
