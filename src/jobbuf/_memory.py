@@ -301,10 +301,9 @@ class MemoryJobSource:
         row (or marks it ``done`` with ``keep_completed``); a failure makes it ``dead`` when
         ``attempts >= max_attempts`` (``default_max_attempts`` if stored as None), else
         ``pending`` at ``now + retry_in``. An ack whose claim no longer matches is ``lost``
-        and changes nothing, except that, as in PostgreSQL, the work of an earlier try is
-        reported as done (a completion whose row is gone or ``done``; a failure whose row is
-        ``pending`` or ``dead`` with its claim's token, which a failure keeps until the next
-        claim): after a lost reply the retried ack must not look like a lost lease."""
+        and changes nothing, except that, as in PostgreSQL, a completion whose row is gone
+        (or ``done``) is reported ``done``: after a lost reply the retried ack must not look
+        like a lost lease."""
         delays = [timedelta(seconds=a.retry_in) for a in acks]  # validate before any change
         now = await self._enter("ack")
         run_ats = [now + delay for delay in delays]  # an overflow, too
@@ -312,7 +311,8 @@ class MemoryJobSource:
         for a, run_at in zip(acks, run_ats, strict=True):
             row = self._match(a.job)
             if row is None:
-                outcomes.append(self._unmatched(a))
+                gone = a.error is None and (a.job.id not in self._rows or self._rows[a.job.id].status == "done")
+                outcomes.append("done" if gone else "lost")
             elif a.error is None:
                 if self.keep_completed:  # worker_id kept as a record, as in PostgreSQL
                     row.status, row.owner, row.token, row.lease_expires_at = "done", None, None, None
@@ -322,22 +322,10 @@ class MemoryJobSource:
             else:
                 dead = row.attempts >= row.limit(default_max_attempts)
                 row.status, row.run_at, row.last_error = ("dead" if dead else "pending"), run_at, a.error
-                row.owner = row.worker_id = row.lease_expires_at = None  # the token kept, as in PostgreSQL
+                row.clear_claim()
                 outcomes.append("dead" if dead else "retry")
         self._fault("ack", after=True)
         return outcomes
-
-    def _unmatched(self, ack: Ack) -> AckOutcome:
-        """The outcome of an ack whose claim no longer matches: ``lost``, except for the
-        work of an earlier try of the same ack (its reply lost): a completion whose row is
-        gone or ``done``, a failure whose row still carries its claim's token."""
-        row = self._rows.get(ack.job.id)
-        if ack.error is None:
-            return "done" if row is None or row.status == "done" else "lost"
-        claim = ack.job.claim
-        if row is not None and claim is not None and row.token == claim.token and row.status in ("pending", "dead"):
-            return "dead" if row.status == "dead" else "retry"
-        return "lost"
 
     # -- liveness ------------------------------------------------------------------------
     async def heartbeat(
@@ -438,6 +426,6 @@ class MemoryJobSource:
         rows = [r for r in self._rows.values() if r.status == "dead" and r.queue == queue]
         rows = [r for r in rows if wanted is None or r.id in wanted]
         for row in rows:
-            row.status, row.attempts, row.run_at, row.token = "pending", 0, now, None
+            row.status, row.attempts, row.run_at = "pending", 0, now
         self._fault("requeue_dead", after=True)
         return sorted(r.id for r in rows)

@@ -296,14 +296,20 @@ class PostgresJobSource:
             [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
         )  # fmt: skip
 
+        tries = 0
+
         async def op(conn: Any) -> dict[int, str]:
+            nonlocal tries
+            tries += 1
             outcomes = {row[0]: row[1] for row in await conn.fetch(ack_sql, *args)}
             missing = [job.id for job in done if job.id not in outcomes]
             if missing:  # see Statements.existing
                 still = {row[0] for row in await conn.fetch(existing_sql, missing)}
                 outcomes.update({i: "done" for i in missing if i not in still})
+            # Only a retry (_call's, after a lost connection) may find its own first try's
+            # failures; on a first try the same finding is a second ack of the job: lost.
             unmatched = [(a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim]
-            if unmatched:  # see Statements.failed
+            if unmatched and tries > 1:  # see Statements.failed
                 ids, tokens = zip(*unmatched, strict=True)
                 outcomes.update({row[0]: row[1] for row in await conn.fetch(failed_sql, list(ids), list(tokens))})
             return outcomes

@@ -275,9 +275,9 @@ class Statements:
         return f"DELETE FROM {self.s}.jobs j USING {claims} WHERE {match}"
 
     def failed(self) -> str:
-        # Which failures that did not match were applied by an earlier try of the same ack
-        # (its reply lost with its connection): the row is no longer claimed and still
-        # carries that claim's token (a failure keeps it until the next claim).
+        # On a retry of an ack statement: which failures that did not match were applied by
+        # the first try (its reply lost with its connection): the row is no longer claimed
+        # and still carries that claim's token (a failure keeps it until the next claim).
         # $1 ids, $2 their claims' tokens.
         return f"""
         SELECT j.id, CASE j.status WHEN 'dead' THEN 'dead' ELSE 'retry' END
