@@ -108,3 +108,15 @@ async def test_postgres_fixture_leaves_no_schema_behind(pytester: pytest.Pyteste
         assert len(names) == 4 and len(set(names)) == 4
         assert leftover.read_text().split() == [names[3]]  # only the one whose per-test drop failed
         assert await trio.to_thread.run_sync(_existing, jobbuf_dsn, names) == []
+
+
+async def test_postgres_fixture_under_autojump_clock_says_why_it_cannot(pytester: pytest.Pytester) -> None:
+    # Before, it failed with DatabaseUnavailableError (a TimeoutError): the clock jumped
+    # past the connection's wait.
+    pytester.makeini(INI)
+    pytester.makepyfile(test_inner="async def test_virtual(postgres_source, autojump_clock):\n    pass\n")
+    with trio.fail_after(120):
+        result = await trio.to_thread.run_sync(lambda: pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider",
+                                                                                      timeout=110))  # fmt: skip
+    assert result.parseoutcomes().get("failed") == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["*postgres_source cannot run under autojump_clock*Use memory_source*"])

@@ -150,8 +150,15 @@ async def memory_source() -> AsyncIterator[MemoryJobSource]:
 
 
 @pytest.fixture
-async def postgres_source(jobbuf_dsn: str) -> AsyncIterator[PostgresJobSource]:
+async def postgres_source(jobbuf_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[PostgresJobSource]:
     """A PostgreSQL source on a fresh migrated schema, dropped after the test (see the
-    cleanup guarantee in the module docstring). ``source.schema`` names it."""
+    cleanup guarantee in the module docstring). ``source.schema`` names it. Not with
+    ``autojump_clock``: real I/O waits in real time, which that clock skips."""
+    if "autojump_clock" in request.fixturenames:
+        pytest.fail(
+            "postgres_source cannot run under autojump_clock: it jumps past every wait for the "
+            "database, so connections time out at once. Use memory_source for virtual time.",
+            pytrace=False,
+        )
     async with fresh_postgres_source(jobbuf_dsn) as source:
         yield source
