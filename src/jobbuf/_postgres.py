@@ -307,9 +307,11 @@ class PostgresJobSource:
                 still = {row[0] for row in await conn.fetch(existing_sql, missing)}
                 outcomes.update({i: "done" for i in missing if i not in still})
             # Only a retry (_call's, after a lost connection) may find its own first try's
-            # failures; on a first try the same finding is a second ack of the job: lost.
-            unmatched = [(a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim]
-            if unmatched and tries > 1:  # see Statements.failed
+            # failures (Statements.failed); on a first try that is a second ack: lost.
+            unmatched = tries > 1 and [
+                (a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim
+            ]
+            if unmatched:
                 ids, tokens = zip(*unmatched, strict=True)
                 outcomes.update({row[0]: row[1] for row in await conn.fetch(failed_sql, list(ids), list(tokens))})
             return outcomes
