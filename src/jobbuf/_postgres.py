@@ -93,6 +93,7 @@ class PostgresJobSource:
         self._operation_timeout = operation_timeout
         self._ack_sql = sql.ack(keep_completed)
         self._complete_sql = sql.complete(keep_completed)
+        self._existing_sql, self._failed_sql = sql.existing(), sql.failed()
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
         self.application_name = application_name
         self.listener = Listener(dsn, sql.jobs_channel, application_name=application_name)
@@ -290,7 +291,7 @@ class PostgresJobSource:
         # The common case, completions of one owner's claims, has a cheaper statement.
         if not failed and only_owner is not None:  # (so every job has a claim)
             return await self._complete(done, only_owner)
-        existing_sql, failed_sql = self._sql.existing(), self._sql.failed()
+        existing_sql, failed_sql = self._existing_sql, self._failed_sql
         ack_sql, args = self._ack_sql, (
             *_claim_arrays(done), *_claim_arrays([a.job for a in failed]),
             [a.error for a in failed], [a.retry_in for a in failed], default_max_attempts,
@@ -306,14 +307,12 @@ class PostgresJobSource:
             if missing:  # see Statements.existing
                 still = {row[0] for row in await conn.fetch(existing_sql, missing)}
                 outcomes.update({i: "done" for i in missing if i not in still})
-            # Only a retry (_call's, after a lost connection) may find its own first try's
-            # failures (Statements.failed); on a first try that is a second ack: lost.
-            unmatched = tries > 1 and [
-                (a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim
-            ]
-            if unmatched:
-                ids, tokens = zip(*unmatched, strict=True)
-                outcomes.update({row[0]: row[1] for row in await conn.fetch(failed_sql, list(ids), list(tokens))})
+            if tries > 1:  # a retry (_call's, after a lost connection): see Statements.failed
+                unmatched = [(a.job.id, a.job.claim.token) for a in failed if a.job.id not in outcomes and a.job.claim]
+                if unmatched:
+                    ids, tokens = zip(*unmatched, strict=True)
+                    rows = await conn.fetch(failed_sql, list(ids), list(tokens))
+                    outcomes.update({row[0]: row[1] for row in rows})
             return outcomes
 
         outcomes = await self._call(op, retry=True)

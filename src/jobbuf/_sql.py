@@ -276,8 +276,9 @@ class Statements:
 
     def failed(self) -> str:
         # On a retry of an ack statement: which failures that did not match were applied by
-        # the first try (its reply lost with its connection): the row is no longer claimed
-        # and still carries that claim's token (a failure keeps it until the next claim).
+        # an earlier try (its reply lost with its connection): the row is no longer claimed
+        # and still carries that claim's token (a failure keeps it until the next claim or
+        # a requeue). On a first try such a failure is a second ack of the job: lost.
         # $1 ids, $2 their claims' tokens.
         return f"""
         SELECT j.id, CASE j.status WHEN 'dead' THEN 'dead' ELSE 'retry' END

@@ -110,13 +110,36 @@ async def test_postgres_fixture_leaves_no_schema_behind(pytester: pytest.Pyteste
         assert await trio.to_thread.run_sync(_existing, jobbuf_dsn, names) == []
 
 
+AUTOJUMP_TESTS = """
+import pytest, trio, trio.testing
+
+async def test_virtual(postgres_source, autojump_clock):
+    pass
+
+@pytest.fixture
+def my_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+async def test_own_clock(postgres_source, my_clock):
+    pass
+
+@pytest.mark.usefixtures("autojump_clock")  # pytest-trio does not run this one under it
+async def test_real_time(postgres_source):
+    assert await postgres_source.enqueue("q", 1)
+"""
+
+
 async def test_postgres_fixture_under_autojump_clock_says_why_it_cannot(pytester: pytest.Pytester) -> None:
     # Before, it failed with DatabaseUnavailableError (a TimeoutError): the clock jumped
     # past the connection's wait.
     pytester.makeini(INI)
-    pytester.makepyfile(test_inner="async def test_virtual(postgres_source, autojump_clock):\n    pass\n")
+    pytester.makepyfile(test_inner=AUTOJUMP_TESTS)
     with trio.fail_after(120):
         result = await trio.to_thread.run_sync(lambda: pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider",
                                                                                       timeout=110))  # fmt: skip
-    assert result.parseoutcomes().get("failed") == 1, result.stdout.str()
-    result.stdout.fnmatch_lines(["*postgres_source cannot run under autojump_clock*Use memory_source*"])
+    outcomes = result.parseoutcomes()
+    assert (outcomes.get("failed"), outcomes.get("passed")) == (2, 1), result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["*Failed: postgres_source cannot run under autojump_clock*Use memory_source*", "FAILED*test_virtual*",
+         "FAILED*test_own_clock*"]
+    )  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -33,6 +34,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from jobbuf_monitor.embedded import redact_dsn, test_dsn
 
@@ -150,14 +152,17 @@ async def memory_source() -> AsyncIterator[MemoryJobSource]:
 
 
 @pytest.fixture
-async def postgres_source(jobbuf_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[PostgresJobSource]:
+async def postgres_source(jobbuf_dsn: str) -> AsyncIterator[PostgresJobSource]:
     """A PostgreSQL source on a fresh migrated schema, dropped after the test (see the
-    cleanup guarantee in the module docstring). ``source.schema`` names it. Not with
-    ``autojump_clock``: real I/O waits in real time, which that clock skips."""
-    if "autojump_clock" in request.fixturenames:
+    cleanup guarantee in the module docstring). ``source.schema`` names it. Not under an
+    auto-jumping ``MockClock`` (``autojump_clock``): real I/O waits in real time, which
+    that clock skips."""
+    clock = trio.lowlevel.current_clock()  # the one this test runs under, however it was chosen
+    if isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold != math.inf:
         pytest.fail(
-            "postgres_source cannot run under autojump_clock: it jumps past every wait for the "
-            "database, so connections time out at once. Use memory_source for virtual time.",
+            "postgres_source cannot run under autojump_clock (or any auto-jumping MockClock): it "
+            "jumps past every wait for the database, so connections time out at once. Use "
+            "memory_source for virtual time.",
             pytrace=False,
         )
     async with fresh_postgres_source(jobbuf_dsn) as source:
