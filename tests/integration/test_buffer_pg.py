@@ -365,3 +365,19 @@ async def test_a_fail_whose_reply_was_lost_is_not_reported_as_a_lost_lease(pg: P
             assert (buf.stats().failed, buf.stats().lease_lost) == (1, 0)
         [row] = await source.job_states([job_id])
         assert (row.status, row.attempts, row.last_error) == ("pending", 1, "boom")
+
+
+async def test_a_failed_row_keeps_its_claims_token_until_requeued(pg: Pg) -> None:
+    # What lets a retried failure recognise its first try (Statements.failed); a requeue
+    # forgets it, so nothing from before can match the requeued job.
+    source, dsn = pg
+    with trio.fail_after(20):
+        [job_id] = await source.enqueue_many("default", [1], max_attempts=1)
+        async with open_job_buffer(source, "w") as buf:
+            job = await buf.take_job(timeout=5)
+            assert job is not None and job.claim is not None
+            await buf.fail(job, "boom")
+        token = f'SELECT status, claim_token FROM "{source.schema}".jobs WHERE id = $1'
+        assert [tuple(r) for r in await sql(dsn, token, job_id)] == [("dead", job.claim.token)]
+        assert await source.requeue_dead("default") == [job_id]
+        assert [tuple(r) for r in await sql(dsn, token, job_id)] == [("pending", None)]

@@ -9,6 +9,7 @@ it). Each records ``source.schema``; afterwards none of those schemas may exist.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import asyncpg
 import pytest
@@ -92,14 +93,19 @@ def _existing(dsn: str, names: list[str]) -> list[str]:
         loop.close()
 
 
+async def _run_inner(pytester: pytest.Pytester, tests: str) -> pytest.RunResult:
+    """Run ``tests`` as ``test_inner.py`` in an inner pytest session (a subprocess)."""
+    pytester.makepyfile(test_inner=tests)
+    run = partial(pytester.runpytest_subprocess, "-q", "-p", "no:cacheprovider", timeout=110)
+    return await trio.to_thread.run_sync(run)
+
+
 async def test_postgres_fixture_leaves_no_schema_behind(pytester: pytest.Pytester, jobbuf_dsn: str) -> None:
     record, leftover = pytester.path / "schemas.txt", pytester.path / "leftover.txt"
     pytester.makeini(INI)
     pytester.makeconftest(CONFTEST.format(record=str(record), leftover=str(leftover)))
-    pytester.makepyfile(test_inner=TESTS)
     with trio.fail_after(120):
-        result = await trio.to_thread.run_sync(lambda: pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider",
-                                                                                      timeout=110))  # fmt: skip
+        result = await _run_inner(pytester, TESTS)
         outcomes = result.parseoutcomes()
         # pytest-trio runs trio fixtures inside the test, so the fixture's error is a failure
         assert (outcomes.get("passed"), outcomes.get("failed")) == (2, 2), result.stdout.str()
@@ -133,10 +139,8 @@ async def test_postgres_fixture_under_autojump_clock_says_why_it_cannot(pytester
     # Before, it failed with DatabaseUnavailableError (a TimeoutError): the clock jumped
     # past the connection's wait.
     pytester.makeini(INI)
-    pytester.makepyfile(test_inner=AUTOJUMP_TESTS)
     with trio.fail_after(120):
-        result = await trio.to_thread.run_sync(lambda: pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider",
-                                                                                      timeout=110))  # fmt: skip
+        result = await _run_inner(pytester, AUTOJUMP_TESTS)
     outcomes = result.parseoutcomes()
     assert (outcomes.get("failed"), outcomes.get("passed")) == (2, 1), result.stdout.str()
     result.stdout.fnmatch_lines(

@@ -693,6 +693,18 @@ async def test_an_error_text_the_database_cannot_store_is_escaped(autojump_clock
     assert state.status == "dead" and state.last_error == "ValueError: bad \\x00 byte and \\udc80"
 
 
+async def test_an_error_text_is_cut_to_4000_characters_after_escaping(autojump_clock: trio.testing.MockClock) -> None:
+    # Cut before escaping, 5,000 NULs became 16,000 characters (each one 4 once escaped).
+    source = MemoryJobSource()
+    (job_id,) = await source.enqueue_many("default", ["x"])
+    async with open_job_buffer(source, "w") as buf:
+        job = await buf.take_job()
+        assert job is not None
+        await buf.fail(job, "\x00" * 5000)
+    (state,) = await source.job_states([job_id])
+    assert state.last_error == "\\x00" * 1000
+
+
 async def test_unseen_rows_are_released_when_no_claim_is_needed_once_the_database_answers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
