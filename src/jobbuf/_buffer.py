@@ -320,10 +320,9 @@ class JobBuffer(AckMethods):
                 continue
             self._in_flight[job.id] = job
             self._counters.taken += 1
-            if len(entries) < self.config.low_water:
+            if len(entries) == self.config.low_water - 1:  # this take crossed the low-water mark
                 self._wake.set()
             return job
-        self._wake.set()
         return None
 
     def _discard(self, job: Job) -> None:

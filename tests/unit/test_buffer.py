@@ -75,6 +75,33 @@ async def test_idle_buffer_repolls_every_poll_interval(autojump_clock: trio.test
         assert 9 <= buf.stats().empty_polls <= 13
 
 
+async def test_takes_on_an_empty_buffer_do_not_poll(autojump_clock: trio.testing.MockClock) -> None:
+    # Workers waiting on an idle queue cost nothing: only a NOTIFY or poll_interval claims.
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+        await trio.sleep(1)
+        polls = buf.stats().polls
+        for _ in range(20):
+            assert await buf.take_job(0.5) is None
+        assert buf.stats().polls == polls
+
+
+async def test_a_trickle_of_jobs_costs_one_claim_each(autojump_clock: trio.testing.MockClock) -> None:
+    # Taking a job from a buffer already below low_water does not claim again: the claim
+    # that brought it came back short, so nothing else is ready until the next NOTIFY.
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000)) as buf:
+        await trio.sleep(1)
+        polls = buf.stats().polls
+        for n in range(10):
+            await source.enqueue("default", n)
+            job = await buf.take_job(5)
+            assert job is not None and job.payload == n
+            await buf.complete(job)
+            await trio.sleep(1)
+        assert buf.stats().polls == polls + 10
+
+
 async def test_take_job_timeout_returns_none(autojump_clock: trio.testing.MockClock) -> None:
     async with open_job_buffer(MemoryJobSource(), "w") as buf:
         start = trio.current_time()
