@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -410,13 +410,11 @@ class _Decoded:
 
 
 def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
-    """Rows of ``Statements.claim`` as jobs, in order. A NULL ``run_at`` repeats the row
-    before's, a NULL ``created_at`` the row's own ``run_at`` (see the statement)."""
+    """Rows of ``Statements.claim`` as jobs, in claim order (priority DESC, run_at, id;
+    the statement returns them unordered), with timestamps from epoch seconds."""
     out = _Decoded()
-    run_at: Any = None  # set by the first row: its run_at is never NULL
-    for row in rows:
-        if row[6] is not None:
-            run_at = row[6]
+    times: dict[float, datetime] = {}  # each distinct timestamp made once
+    for row in sorted(rows, key=_claim_order):
         if row[8] == "dead":  # rescued with no attempts left
             out.dead += 1
             continue
@@ -425,11 +423,30 @@ def _decode_rows(rows: Sequence[Any], claim: Claim) -> _Decoded:
         except (ValueError, RecursionError) as exc:
             out.poison.append((row[0], claim.owner, claim.token, f"payload is not JSON: {exc}"))
             continue
-        created_at = row[7]
-        if created_at is None:
-            created_at = run_at
+        run_at = times.get(row[6]) or times.setdefault(row[6], _timestamp(row[6]))
+        created_at = times.get(row[7]) or times.setdefault(row[7], _timestamp(row[7]))
         out.jobs.append(claimed_job(row[0], row[1], payload, row[3], row[4], row[5], run_at, created_at, claim))
     return out
+
+
+def _claim_order(row: Any) -> tuple[int, float, int]:
+    return -row[3], row[6], row[0]
+
+
+_INFINITY, _NEG_INFINITY = datetime.max, datetime.min  # what asyncpg decodes for +-infinity
+
+
+def _timestamp(epoch: float) -> datetime:
+    """``date_part('epoch', t)`` of a timestamptz ``t`` as the aware UTC datetime asyncpg
+    decodes ``t`` as. Exact to the microsecond from 1698 to 2241: PostgreSQL divides the
+    exact microsecond count by 10**6, and below 2**33 seconds a double is within half a
+    microsecond of it, which ``fromtimestamp`` rounds away. Outside those years (only
+    rows written by hand get there) it may be a few microseconds off."""
+    if epoch == math.inf:
+        return _INFINITY
+    if epoch == -math.inf:
+        return _NEG_INFINITY
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def _claim_arrays(jobs: Sequence[Job]) -> tuple[list[int], list[str | None], list[int | None]]:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import math
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from jobbuf import Ack, Job
 from jobbuf._job import Claim, claimed_job
+from jobbuf._postgres import _timestamp
 from jobbuf._source import completion, decode_payload, encode_payload
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TEXTS = [
     '{"n":1}', "[1,2.5,null,true]", '"x"', "0", "-1e3", "null", "NaN", "{}", '{"a":{"b":[{}]}}',
@@ -54,3 +59,19 @@ def test_completion_equals_ack() -> None:
     assert type(fast) is Ack and fast == Ack(job) and repr(fast) == repr(Ack(job)) and fast.job is job
     with pytest.raises(AttributeError):
         fast.error = "x"  # type: ignore[misc]
+
+
+def test_claim_timestamps_from_epoch_seconds_are_exact_where_promised() -> None:
+    # PostgreSQL's date_part('epoch', t) is the microsecond count divided by 10**6 in a
+    # double, as Python's int / float is: the decoder must give back the same microsecond.
+    rng = random.Random(7)
+    lo, hi = _micros(datetime(1698, 1, 1, tzinfo=UTC)), _micros(datetime(2242, 1, 1, tzinfo=UTC))
+    samples = [rng.randrange(lo, hi) for _ in range(200_000)]
+    samples += [lo, hi, -1, 0, 1, 999_999, 1_000_001, -999_999, -1_000_001]
+    for us in samples:
+        assert _timestamp(us / 10**6) == EPOCH + timedelta(microseconds=us), us
+    assert _timestamp(math.inf) == datetime.max and _timestamp(-math.inf) == datetime.min  # as asyncpg
+
+
+def _micros(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(microseconds=1)

@@ -131,6 +131,25 @@ class SourceContract(AckLeaseAndOperatorContract):
             rest = await claim(source, limit=10)
             assert [j.id for j in rest.jobs] == [a, d, e]
 
+    async def test_claimed_jobs_carry_their_timestamps_exactly(self, source: JobSource) -> None:
+        with trio.fail_after(TIMEOUT):
+            times = [
+                datetime(1700, 1, 1, 0, 0, 0, 1, UTC),
+                datetime(1969, 12, 31, 23, 59, 59, 999999, UTC),
+                datetime(1970, 1, 1, 0, 0, 0, 1, UTC),
+                datetime(2001, 2, 3, 4, 5, 6, 789012, UTC),
+                past(1).replace(microsecond=999999) - timedelta(seconds=1),
+            ]
+            ids = [await source.enqueue("default", n, run_at=t) for n, t in enumerate(times)]
+            together = await source.enqueue_many("default", ["x", "y"])
+            jobs = (await claim(source, limit=10)).jobs
+            assert [(j.id, j.run_at) for j in jobs[: len(times)]] == list(zip(ids, times, strict=True))
+            x, y = jobs[len(times) :]
+            assert [x.id, y.id] == together
+            assert x.run_at == x.created_at == y.run_at == y.created_at  # "now", once per enqueue
+            states = {s.id: s for s in await source.job_states(ids + together)}
+            assert all(states[j.id].run_at == j.run_at for j in jobs)
+
     async def test_claim_over_several_queues_keeps_one_claim_order(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
             base = past(60)
