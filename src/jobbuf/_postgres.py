@@ -95,6 +95,7 @@ class PostgresJobSource:
         self._complete_sql = sql.complete(keep_completed)
         self._existing_sql, self._failed_sql = sql.existing(), sql.failed()
         self._claim_sql = {True: sql.claim(single_queue=True), False: sql.claim(single_queue=False)}
+        self._quarantine_sql = sql.quarantine()
         self.application_name = application_name
         self.listener = Listener(dsn, sql.jobs_channel, application_name=application_name)
         self.migrated: list[int] = []
@@ -126,7 +127,11 @@ class PostgresJobSource:
             try:
                 # A server that stops answering (a blackholed network) must not block us
                 # forever: past operation_timeout the attempt is abandoned (its connection
-                # is terminated) and counts as a lost connection.
+                # is terminated) and counts as a lost connection. Unless the caller's own
+                # deadline comes first (a buffer's claim): then that one bounds the attempt,
+                # and a scope that could not fire first is not worth its cost here.
+                if trio.current_effective_deadline() <= trio.current_time() + limit:
+                    return await connections.run(op, in_task=in_task)
                 with trio.move_on_after(limit):
                     return await connections.run(op, in_task=in_task)
                 raise TimeoutError(f"no answer within {limit:g}s")
@@ -253,7 +258,6 @@ class PostgresJobSource:
     ) -> ClaimResult:
         """Claim up to ``limit`` jobs in one statement (see ``_sql.Statements.claim``)."""
         sql = self._claim_sql[len(queues) == 1]
-        quarantine_sql = self._sql.quarantine()
         claim = Claim(owner, secrets.randbits(63))
 
         async def op(conn: Any) -> ClaimResult:
@@ -262,7 +266,7 @@ class PostgresJobSource:
             )
             result = _decode_rows(rows, claim)
             if result.poison:
-                await conn.execute(quarantine_sql, *map(list, zip(*result.poison, strict=True)))
+                await conn.execute(self._quarantine_sql, *map(list, zip(*result.poison, strict=True)))
             return ClaimResult(result.jobs, dead=result.dead, quarantined=len(result.poison))
 
         return await self._call(op, relaxed=True)

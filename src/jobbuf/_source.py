@@ -36,10 +36,15 @@ AckOutcome = Literal["done", "retry", "dead", "lost"]
 because the job's claim no longer matches (nothing changed)."""
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+"""What ``json.dumps(payload, separators=(",", ":"), allow_nan=False)`` runs, built once:
+``dumps`` with options builds a new encoder per call."""
+
+
 def encode_payload(payload: Any) -> str:
     """Strict JSON text for ``payload``; ``TypeError`` when it is not JSON-serialisable."""
     try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        return _encode_json(payload)
     except ValueError as exc:  # NaN/Infinity or a circular reference
         raise TypeError(f"payload is not JSON-serialisable: {exc}") from None
     except TypeError as exc:
