@@ -78,7 +78,7 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
     rows.append([f"drain, jobbuf's own SQL on plain asyncpg, no library (jobs/s) [batch={batch},conns=2]", _f(jb),
                  "", _f(own_sql), "", _f(_r(jb, own_sql), "x", 2), "(diagnostic: the SQL alone)", ""])  # fmt: skip
     lat = {k: {p: med(results, f"latency:{k}", f"{p}_ms") for p in ("p50", "p90", "p99")}
-           for k in ("jobbuf", "peer", "raw", "rawtrio")}  # fmt: skip
+           for k in ("jobbuf", "peer", "raw", "rawtrio", "rawstep")}  # fmt: skip
     s["latency_ms"] = lat
     for p in ("p50", "p90", "p99"):
         j, pe, ra = lat["jobbuf"][p], lat["peer"][p], lat["raw"][p]
@@ -88,16 +88,23 @@ def render(results: Results, header: str, multi_cfg: dict[str, int] | None) -> t
             verdict = _latency_verdict(j, ra, pe)
         rows.append([f"latency {p}, enqueue→take (ms)", _f(j, "", 2), _f(pe, "", 2), _f(ra, "", 2),
                      _f(_r(j, pe), "x", 2), _f(_r(j, ra), "x", 2), target, verdict])  # fmt: skip
-    j, stack, floor = lat["jobbuf"]["p50"], lat["rawtrio"]["p50"], lat["raw"]["p50"]
+    j, stack, stepped, floor = (lat[k]["p50"] for k in ("jobbuf", "rawtrio", "rawstep", "raw"))
     rows.append(["latency p50, the floor's own code on trio-asyncio, no library (ms)", _f(j, "", 2), "",
                  _f(stack, "", 2), "", _f(_r(j, stack), "x", 2),
                  f"(diagnostic: the stack alone, {_f(_r(stack, floor), 'x', 2)} the floor)", ""])  # fmt: skip
-    alt = {k: med(results, f"latency_alternating:{k}", "p50_ms") for k in ("jobbuf", "peer", "raw", "rawtrio")}
+    rows.append(["latency p50, the floor's own code on trio, stepped as jobbuf steps asyncpg, no library (ms)",
+                 _f(j, "", 2), "", _f(stepped, "", 2), "", _f(_r(j, stepped), "x", 2),
+                 f"(diagnostic: the stack as jobbuf uses it, {_f(_r(stepped, floor), 'x', 2)} the floor)",
+                 ""])  # fmt: skip
+    alt = {
+        k: med(results, f"latency_alternating:{k}", "p50_ms") for k in ("jobbuf", "peer", "raw", "rawtrio", "rawstep")
+    }
     s["latency_alternating_p50_ms"] = alt
     j, pe, ra = alt["jobbuf"], alt["peer"], alt["raw"]
     rows.append(["latency p50, systems alternating sample by sample (ms)", _f(j, "", 2), _f(pe, "", 2),
                  _f(ra, "", 2), _f(_r(j, pe), "x", 2), _f(_r(j, ra), "x", 2),
-                 f"(diagnostic: the stack alone {_f(_r(alt['rawtrio'], ra), 'x', 2)} the floor)",
+                 f"(diagnostic: the stack alone {_f(_r(alt['rawtrio'], ra), 'x', 2)}, stepped "
+                 f"{_f(_r(alt['rawstep'], ra), 'x', 2)} the floor)",
                  f"({_latency_verdict(j, ra, pe)})"])  # fmt: skip
     take_ns, chan_ns = med(results, "take", "take_ns"), med(results, "take", "channel_ns")
     s.update(take_ns=take_ns, channel_ns=chan_ns)

@@ -144,6 +144,7 @@ LATENCY: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("jobbuf", "bench_latency.py", {}),
     ("raw", "bench_raw.py", {}),
     ("rawtrio", "bench_raw.py", {"loop": "trio-asyncio"}),  # diagnostic: the floor's code on trio-asyncio
+    ("rawstep", "bench_stepped.py", {}),  # diagnostic: the floor's code on trio, stepped as jobbuf steps asyncpg
     ("peer", "bench_peer.py", {}),
 )
 
