@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -37,6 +38,9 @@ __all__ = ["JobBuffer", "open_job_buffer"]
 log = logging.getLogger("jobbuf.buffer")
 
 
+RETRY_WAKE_HORIZON = 10
+"""A retry of a job this buffer failed, due within this many ``poll_interval`` s, wakes
+its poller when due (see ``JobBuffer._retry_due_in``)."""
 _SOURCE_CALLS = ("claim", "release", "release_owner", "ack", "heartbeat", "deregister", "listen")
 """The JobSource methods a buffer calls (a source needs no more)."""
 
@@ -94,6 +98,8 @@ class JobBuffer(AckMethods):
         self._given_back: set[int] = set()  # see AckMethods._acked
         self._takers = trio.lowlevel.ParkingLot()
         self._wake = trio.Event()
+        self._retries: list[float] = []  # heap: trio times jobs this buffer failed fall due
+        self._poll_timer: trio.CancelScope | None = None  # the poller's sleep, while it sleeps
         self._poller_scope: trio.CancelScope | None = None
         self._poller_done = trio.Event()
         self._counters = Counters()
@@ -361,9 +367,22 @@ class JobBuffer(AckMethods):
     def wake(self) -> None:
         """Ask the poller to look for jobs now instead of at its next ``poll_interval``.
 
-        A hint, like a NOTIFY: useful when jobs become due without an enqueue (a retry's
-        backoff or a ``run_at`` passing), which nothing announces."""
+        A hint, like a NOTIFY: useful when jobs become due without an announcement (a
+        ``run_at`` passing, or another buffer's retry; this buffer's own retries due within
+        ``RETRY_WAKE_HORIZON`` poll intervals wake it by themselves)."""
         self._wake.set()
+
+    def _retry_due_in(self, delay: float) -> None:
+        """A job this buffer failed is pending again, due in ``delay`` seconds, and nothing
+        will announce it: the poller claims then (its sleep ends by then). A later one the
+        regular poll finds, at most ``poll_interval`` late, which is small against its delay."""
+        if delay >= RETRY_WAKE_HORIZON * self.config.poll_interval:
+            return
+        due = trio.current_time() + delay
+        heapq.heappush(self._retries, due)
+        timer = self._poll_timer
+        if timer is not None and due < timer.deadline:
+            timer.deadline = due
 
     # -- used by the poller and shutdown -------------------------------------------------
 

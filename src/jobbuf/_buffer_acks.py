@@ -44,6 +44,9 @@ class AckMethods:
     async def _release(self, jobs: list[Job]) -> list[int]:
         raise NotImplementedError  # JobBuffer's
 
+    def _retry_due_in(self, delay: float) -> None:
+        raise NotImplementedError  # JobBuffer's
+
     async def complete(self, job: Job) -> None:
         """Mark ``job`` done, durably (batched with concurrent acks).
 
@@ -85,6 +88,8 @@ class AckMethods:
         # extended, and released at the exit; a release is guarded, so twice is harmless).
         self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
+        if job.id in released:
+            self._wake.set()  # pending again: this buffer may claim it back
         return job.id in released
 
     async def _ack(self, ack: Ack) -> None:
@@ -100,9 +105,9 @@ class AckMethods:
                 # still ours: acked again later, or released at the exit.
                 outcome = await self._acks.submit(ack, self._acked)
             except DatabaseUnavailableError as exc:
-                self._settle(job, None, exc)
+                self._settle(ack, None, exc)
                 raise
-        self._settle(job, outcome, None)
+        self._settle(ack, outcome, None)
         if outcome == "lost":
             raise LeaseLostError(
                 f"job {job.id} is no longer owned by this buffer (lease lost to another owner); ack not applied",
@@ -116,7 +121,7 @@ class AckMethods:
         counted then, and a lost lease or an unreachable database is logged."""
         self._check_open(ack.job)
         if ack.job.claim is None:  # built by hand: nothing to change in the source
-            self._settle(ack.job, "done" if ack.error is None else "retry", None)
+            self._settle(ack, "done" if ack.error is None else "retry", None)
         else:
             self._acks.submit_nowait(ack, self._on_acked)
 
@@ -137,7 +142,7 @@ class AckMethods:
                 self._discarded.append(job)
                 self._wake.set()
         else:
-            self._settle(job, outcome, error)
+            self._settle(ack, outcome, error)
         if error is not None:
             log.warning("jobbuf buffer %r: ack of job %s not confirmed: %s", self._worker_id, ack.job.id, error)
         elif outcome == "lost":
@@ -147,13 +152,15 @@ class AckMethods:
         if self._state == "closed":
             raise BufferClosedError(f"buffer {self._worker_id!r} has exited; {what} of job {job.id} refused")
 
-    def _settle(self, job: Job, outcome: AckOutcome | None, error: BaseException | None) -> None:
+    def _settle(self, ack: Ack, outcome: AckOutcome | None, error: BaseException | None) -> None:
         """Bookkeeping once an ack's flush ended: with a known outcome the job leaves the
         in-flight set and the outcome is counted; an ack the database could not confirm (it
         may have been applied) moves the job to the unconfirmed record (the shutdown error
         names it). Otherwise (an error that applied nothing, for a caller that got it; a
         flush cut short) the job stays in flight, still this buffer's: its lease extended,
-        acked again or released at the exit."""
+        acked again or released at the exit. A retry the source applied wakes the poller
+        when it falls due (``_retry_due_in``)."""
+        job = ack.job
         if outcome is None:
             if isinstance(error, DatabaseUnavailableError):
                 self._in_flight.pop(job.id, None)
@@ -162,6 +169,8 @@ class AckMethods:
         self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
         self._count_outcome(outcome)
+        if outcome == "retry" and job.claim is not None:
+            self._retry_due_in(ack.retry_in)
 
     def _count_outcome(self, outcome: AckOutcome) -> None:
         c = self._counters

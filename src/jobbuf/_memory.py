@@ -92,8 +92,9 @@ class MemoryJobSource:
     ``keep_completed=True`` keeps completed rows with status ``done`` instead of deleting
     them. Enqueue arguments are checked as PostgreSQL's are (``check_enqueue``): a naive
     ``run_at`` is a ``ConfigError`` (ambiguous; asyncpg would read it as local time). Wake-ups
-    (:meth:`listen`) fire once per enqueue call, synchronously, as PostgreSQL NOTIFYs only
-    on enqueue. An instance belongs to one ``trio.run``.
+    (:meth:`listen`) fire synchronously, once per queue for each enqueue and each release
+    call that changed rows, as PostgreSQL NOTIFYs; acks send none. An instance belongs to
+    one ``trio.run``.
     """
 
     def __init__(self, *, keep_completed: bool = False) -> None:
@@ -274,25 +275,28 @@ class MemoryJobSource:
 
     async def release(self, jobs: Sequence[Job]) -> list[int]:
         """Put jobs back to pending (owner cleared, attempt given back) where their claim
-        still matches; return the ids released, in the given order."""
+        still matches, and wake listeners of their queues (one wake-up per queue, as a
+        PostgreSQL release sends); return the ids released, in the given order."""
         await self._enter("release")
         released = []
         for job in jobs:
             row = self._match(job)
             if row is not None:
                 self._release(row)
-                released.append(row.id)
+                released.append(row)
+        self._notify_released(released)
         self._fault("release", after=True)
-        return released
+        return [row.id for row in released]
 
     async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
-        """Release every row claimed by ``owner`` except ids in ``keep``; return their ids
-        in id order."""
+        """Release every row claimed by ``owner`` except ids in ``keep`` and wake listeners of
+        their queues; return their ids in id order."""
         kept = frozenset(keep)
         await self._enter("release_owner")
         rows = [r for r in self._rows.values() if r.status == "claimed" and r.owner == owner and r.id not in kept]
         for row in rows:
             self._release(row)
+        self._notify_released(rows)
         self._fault("release_owner", after=True)
         return sorted(r.id for r in rows)
 
@@ -370,6 +374,10 @@ class MemoryJobSource:
             self._listeners.pop(key, None)
 
         return unsubscribe
+
+    def _notify_released(self, rows: Sequence[_Row]) -> None:
+        for queue in sorted({row.queue for row in rows}):
+            self._notify(queue)
 
     def _notify(self, queue: str) -> None:
         for wanted, callback in list(self._listeners.values()):

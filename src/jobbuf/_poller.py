@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -39,7 +40,10 @@ async def poll_loop(buf: JobBuffer) -> None:
     but the rows of concurrent claims may interleave, as between two buffers), and after a
     claim that came back short, one at a time again until one comes back full. Then sleep
     until woken (NOTIFY, a take crossing the low-water mark, a claim that came back full, a
-    discard, stop) or until the jittered ``poll_interval`` or the next TTL expiry passes;
+    discard, a release, stop; and, when a round could not claim for claims in flight, the
+    last of them landing, since their rows were chosen before the wake-up) or until the
+    jittered ``poll_interval``, a retry of a job this buffer failed falling due, or the next
+    TTL expiry passes;
     a TTL wake-up only sweeps (and an empty buffer's TTL timer runs every min(ttl, 0.8 x
     lease), so entries that arrive meanwhile are swept on time without extra polls).
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
@@ -66,6 +70,7 @@ class _Poller:
         self.next_poll = 0.0  # when the next round claims even if nothing wakes the poller
         self.orphans = False  # a claim failed: rows it committed may be claimed unseen
         self.failed_at = -math.inf  # when the last round (or claim) failed
+        self.deferred = False  # a round could not claim for claims in flight: the last to land wakes
         # Only a batch_size below low_water can leave room for a second claim (see
         # _claim_limit); otherwise the claim runs inline, without a task to schedule first.
         self.pipelined = buf.config.claim_size < buf.config.low_water
@@ -97,16 +102,26 @@ class _Poller:
 
     async def _claim_round(self, claims: trio.Nursery) -> None:
         buf = self.buf
-        self.next_poll = trio.current_time() + _jittered(buf.config.poll_interval)
+        now = trio.current_time()
+        self.next_poll = now + _jittered(buf.config.poll_interval)
+        while buf._retries and buf._retries[0] <= now:  # due: this round claims them
+            heapq.heappop(buf._retries)
+        started = False
         while not buf._stopping and self.in_flight < MAX_CLAIMS and (limit := buf._claim_limit()):
             if self.probing and self.in_flight:
                 break  # an idle queue gets one claim per wake-up, not MAX_CLAIMS
             buf._claiming += limit
             self.in_flight += 1
+            started = True
             if self.pipelined:
                 claims.start_soon(self._claim, limit)
             elif not await self._claim(limit):
                 break  # short (or failed): nothing more ready for now
+        if self.in_flight and not started and len(buf._entries) < buf.config.low_water:
+            # Woken (a NOTIFY, say) while claims are in flight, this round claimed nothing:
+            # their snapshots may predate what woke it, and a short one wakes nobody. So
+            # the last of them to land wakes the loop again.
+            self.deferred = True
 
     async def _claim(self, limit: int) -> bool:
         """One claim; whether it came back full (more may be ready: then it wakes the loop)."""
@@ -123,6 +138,9 @@ class _Poller:
         finally:
             self.buf._claiming -= limit
             self.in_flight -= 1
+            if self.deferred and not self.in_flight:
+                self.deferred = False
+                self.buf._wake.set()
 
     def _failed(self, exc: Exception) -> None:
         self.failures, self.failed_at = self.failures + 1, trio.current_time()
@@ -132,13 +150,24 @@ class _Poller:
         self.buf._wake.set()  # the loop's next sleep ends at retry_at
 
     async def _sleep(self, wake: trio.Event) -> bool:
-        """Sleep until woken, the next poll, the end of a backoff or the next TTL expiry;
-        return whether the TTL timer alone ended it (the next round then only sweeps)."""
-        now, expiry = trio.current_time(), self.buf._next_expiry()
-        due = self.retry_at - now if self.retry_at > now else self.next_poll - now  # backing off: retry first
-        with trio.move_on_after(max(0.0, min(due, expiry))) as timer:
-            await wake.wait()
-        return timer.cancelled_caught and expiry < due
+        """Sleep until woken, the next poll, the end of a backoff, the next TTL expiry or
+        the next retry of a job this buffer failed falling due (``JobBuffer._retry_due_in``
+        moves the deadline earlier while it sleeps); return whether the TTL timer alone
+        ended it (the next round then only sweeps)."""
+        buf = self.buf
+        now = trio.current_time()
+        # When the next round claims: backing off, not before the backoff ends.
+        claim_at = self.retry_at if self.retry_at > now else min(self.next_poll, self._next_retry())
+        with trio.move_on_at(min(claim_at, now + buf._next_expiry())) as timer:
+            buf._poll_timer = timer
+            try:
+                await wake.wait()
+            finally:
+                buf._poll_timer = None
+        return timer.cancelled_caught and trio.current_time() < min(claim_at, self._next_retry())
+
+    def _next_retry(self) -> float:
+        return self.buf._retries[0] if self.buf._retries else math.inf
 
 
 async def heartbeat_loop(buf: JobBuffer) -> None:

@@ -272,16 +272,17 @@ class PostgresJobSource:
         return await self._call(op, relaxed=True)
 
     async def release(self, jobs: Sequence[Job]) -> list[int]:
-        """Release jobs whose claim still matches; return the ids released."""
+        """Release jobs whose claim still matches (waking listeners of their queues); return the ids released."""
         claimed = [job for job in jobs if job.claim is not None]
         if not claimed:
             return []
-        rows = await self._fetch(self._sql.release(), *_claim_arrays(claimed), retry=True)
+        rows = await self._fetch(self._sql.release(), *_claim_arrays(claimed), self._sql.jobs_channel, retry=True)
         return [row[0] for row in rows]
 
     async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
-        """Release everything ``owner`` still holds except ``keep``; return the ids released."""
-        rows = await self._fetch(self._sql.release_owner(), owner, list(keep), retry=True)
+        """Release everything ``owner`` still holds except ``keep`` (waking listeners of their
+        queues); return the ids released."""
+        rows = await self._fetch(self._sql.release_owner(), owner, list(keep), self._sql.jobs_channel, retry=True)
         return [row[0] for row in rows]
 
     async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:
@@ -445,12 +446,16 @@ def _timestamp(epoch: float) -> datetime:
     decodes ``t`` as. Exact to the microsecond from 1698 to 2241: PostgreSQL divides the
     exact microsecond count by 10**6, and below 2**33 seconds a double is within half a
     microsecond of it, which ``fromtimestamp`` rounds away. Outside those years (only
-    rows written by hand get there) it may be a few microseconds off."""
+    rows written by hand get there) it may be some microseconds off, and past what a
+    datetime holds (such a value rounded up to year 10000) it is the last or first one."""
     if epoch == math.inf:
         return _INFINITY
     if epoch == -math.inf:
         return _NEG_INFINITY
-    return datetime.fromtimestamp(epoch, UTC)
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError):
+        return (_INFINITY if epoch > 0 else _NEG_INFINITY).replace(tzinfo=UTC)
 
 
 def _claim_arrays(jobs: Sequence[Job]) -> tuple[list[int], list[str | None], list[int | None]]:

@@ -213,11 +213,13 @@ class JobSource(Protocol):
 
     async def release(self, jobs: Sequence[Job]) -> list[int]:
         """Put jobs back to pending (owner cleared, attempt given back) where their claim
-        still matches; return the ids actually released."""
+        still matches, waking listeners of their queues (as an enqueue does); return the
+        ids actually released."""
         ...
 
     async def release_owner(self, owner: str, keep: Collection[int] = ()) -> list[int]:
-        """Release every row claimed by ``owner`` except ids in ``keep``; return their ids."""
+        """Release every row claimed by ``owner`` except ids in ``keep``, waking listeners of
+        their queues; return their ids."""
         ...
 
     async def ack(self, acks: Sequence[Ack], *, default_max_attempts: int) -> list[AckOutcome]:

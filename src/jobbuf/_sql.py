@@ -64,6 +64,18 @@ _RELEASE_SET = """
     lease_expires_at = NULL, attempts = greatest(j.attempts - 1, 0)"""
 
 
+def _waking(update: str, channel: int) -> str:
+    """``update`` (of jobs ``j``) returning the ids it changed, with one NOTIFY on channel
+    ``$channel`` per queue it made rows ready in: nothing else would tell other buffers."""
+    return f"""
+        WITH changed AS ({update} RETURNING j.id, j.queue)
+        SELECT changed.id FROM changed CROSS JOIN (
+            SELECT count(*) FROM (
+                SELECT pg_notify(${channel}, q.queue) FROM (SELECT DISTINCT queue FROM changed) AS q
+            ) AS notified
+        ) AS wake"""
+
+
 def _claims(first: int, *extra: str) -> str:
     """The claims of a statement guarded by them: ids, owners, tokens at ``$first..$first+2``
     (then ``extra`` columns), as the rows of ``c``."""
@@ -218,16 +230,18 @@ class Statements:
 
     def release(self) -> str:
         # Back to pending with the attempt given back, only where the claim still matches.
-        return f"UPDATE {self.s}.jobs j SET {_RELEASE_SET} FROM {_CLAIMS} WHERE {_MATCH} RETURNING j.id"
+        # $1..$3 claims, $4 the jobs channel.
+        return _waking(f"UPDATE {self.s}.jobs j SET {_RELEASE_SET} FROM {_CLAIMS} WHERE {_MATCH}", 4)
 
     def release_owner(self) -> str:
         # Everything `owner` still holds, found by owner and not by a list of ids: a claim
         # cancelled mid-statement may have committed rows the buffer never saw.
-        # $1 owner, $2 ids to keep (handed to another buffer).
-        return f"""
-        UPDATE {self.s}.jobs j SET {_RELEASE_SET}
-        WHERE j.status = 'claimed' AND j.owner = $1 AND NOT (j.id = ANY($2::bigint[]))
-        RETURNING j.id"""
+        # $1 owner, $2 ids to keep (handed to another buffer), $3 the jobs channel.
+        return _waking(
+            f"""UPDATE {self.s}.jobs j SET {_RELEASE_SET}
+            WHERE j.status = 'claimed' AND j.owner = $1 AND NOT (j.id = ANY($2::bigint[]))""",
+            3,
+        )
 
     def ack(self, keep_completed: bool) -> str:
         # Group commit: completions and failures of many callers in one statement.

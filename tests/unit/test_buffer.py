@@ -102,6 +102,82 @@ async def test_a_trickle_of_jobs_costs_one_claim_each(autojump_clock: trio.testi
         assert buf.stats().polls == polls + 10
 
 
+async def test_a_retry_falls_due_and_is_claimed_without_a_take_or_poll(autojump_clock: trio.testing.MockClock) -> None:
+    # Nothing announces a retry: the buffer that failed the job claims it when it is due.
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=60)) as buf:
+        await trio.sleep(1)
+        await source.enqueue("default", "x")
+        job = await buf.take_job(5)
+        assert job is not None
+        await buf.fail(job, "boom", retry_in=0)
+        start = trio.current_time()
+        again = await buf.take_job(30)
+        assert again is not None and again.id == job.id and trio.current_time() - start < 0.1
+        await buf.fail(again, "boom", retry_in=3)
+        start = trio.current_time()
+        third = await buf.take_job(30)
+        assert third is not None and third.id == job.id and 3 <= trio.current_time() - start < 3.1
+
+
+async def test_released_jobs_are_claimed_again_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "a", BufferConfig(poll_interval=60)) as a:
+        await trio.sleep(1)
+        await source.enqueue("default", "x")
+        job = await a.take_job(5)
+        assert job is not None and await a.release(job)
+        again = await a.take_job(1)  # by this buffer, released by itself
+        assert again is not None and again.id == job.id
+        async with open_job_buffer(source, "b", BufferConfig(poll_interval=60)) as b:
+            await trio.sleep(1)
+            assert b.depth == 0
+            await a.release(again)
+            await a.stop()
+            taken = await b.take_job(1)  # by another buffer: the release woke it
+            assert taken is not None and taken.id == job.id
+
+
+class _SlowClaimReply(MemoryJobSource):
+    """A claim whose reply takes 0.5 s, its rows chosen at once (as PostgreSQL's are)."""
+
+    async def claim(self, **kwargs: Any) -> ClaimResult:
+        result = await super().claim(**kwargs)
+        await trio.sleep(0.5)
+        return result
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [BufferConfig(poll_interval=60), BufferConfig(poll_interval=60, batch_size=2)],
+    ids=["inline", "pipelined"],
+)
+async def test_an_enqueue_during_a_claim_is_not_missed(
+    cfg: BufferConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    source = _SlowClaimReply()
+    async with open_job_buffer(source, "w", cfg) as buf:
+        await trio.sleep(1)
+        await source.enqueue("default", 1)
+        await trio.sleep(0.1)  # the claim of job 1 is in flight
+        await source.enqueue("default", 2)  # and its wake-up arrives now
+        start = trio.current_time()
+        got = [await buf.take_job(30) for _ in range(2)]
+        assert [j.payload for j in got if j is not None] == [1, 2] and trio.current_time() - start < 2
+
+
+async def test_an_enqueue_while_the_pipeline_is_full_is_not_missed(autojump_clock: trio.testing.MockClock) -> None:
+    source = _SlowClaimReply()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=60, low_water=4, batch_size=2)) as buf:
+        await trio.sleep(1)
+        await source.enqueue_many("default", [1, 2])  # a full claim, so a second follows it at once
+        await trio.sleep(0.6)
+        await source.enqueue("default", 3)  # while the second (chosen before) is in flight
+        start = trio.current_time()
+        got = [await buf.take_job(30) for _ in range(3)]
+        assert [j.payload for j in got if j is not None] == [1, 2, 3] and trio.current_time() - start < 2
+
+
 async def test_take_job_timeout_returns_none(autojump_clock: trio.testing.MockClock) -> None:
     async with open_job_buffer(MemoryJobSource(), "w") as buf:
         start = trio.current_time()

@@ -75,3 +75,11 @@ def test_claim_timestamps_from_epoch_seconds_are_exact_where_promised() -> None:
 
 def _micros(t: datetime) -> int:
     return (t - EPOCH) // timedelta(microseconds=1)
+
+
+def test_claim_timestamps_past_what_a_datetime_holds_are_clamped() -> None:
+    # 9999-12-31 23:59:59.999999 rounds up to year 10000 as epoch seconds: a row with it
+    # must still decode (an error here would fail the claim after it committed, forever).
+    last = _micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    assert _timestamp(last / 10**6) == datetime.max.replace(tzinfo=UTC)
+    assert _timestamp(-1e20) == datetime.min.replace(tzinfo=UTC)

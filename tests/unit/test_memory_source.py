@@ -220,16 +220,21 @@ async def test_completion_of_a_vanished_row_is_done_but_a_stale_failure_is_lost(
     assert await source.job_states() == []
 
 
-async def test_release_and_failure_do_not_notify_like_postgres() -> None:
+async def test_releases_notify_once_and_failures_not_at_all_like_postgres() -> None:
     source = MemoryJobSource()
     calls: list[int] = []
-    await source.enqueue("default", "x")
+    await source.enqueue_many("default", ["x", "y"])
     source.listen(["default"], lambda: calls.append(1))
-    [job] = (await claim(source)).jobs
-    await source.release([job])
-    [job] = (await claim(source)).jobs
+    jobs = (await claim(source)).jobs
+    await source.release(jobs)
+    assert calls == [1]  # one wake-up per release, not per row
+    jobs = (await claim(source)).jobs
+    await source.release_owner(jobs[0].claim.owner if jobs[0].claim else "")
+    assert calls == [1, 1]
+    [job, _] = (await claim(source)).jobs
     await source.ack([Ack(job, "boom")], default_max_attempts=20)
-    assert calls == []
+    await source.release([])
+    assert calls == [1, 1]
 
 
 async def test_heartbeat_registers_the_worker_and_deregister_removes_it(

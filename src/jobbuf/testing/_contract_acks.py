@@ -3,6 +3,7 @@ the public suite is :class:`jobbuf.testing.SourceContract`, which inherits these
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import trio
@@ -203,6 +204,32 @@ class AckLeaseAndOperatorContract(ContractOptions):
                 assert calls == ["a"]  # one wake-up per statement, never one per row
             finally:
                 unsubscribe()
+
+    async def test_releases_wake_listeners_of_the_released_queues(self, source: JobSource) -> None:
+        # A released job is ready again, and nothing else would tell other buffers.
+        with trio.fail_after(TIMEOUT):
+            woke: dict[str, trio.Event] = {"a": trio.Event(), "b": trio.Event()}
+
+            def waker(queue: str) -> Callable[[], None]:
+                return lambda: woke[queue].set()
+
+            unsubscribe = [source.listen([q], waker(q)) for q in ("a", "b")]
+            try:
+                await source.enqueue("a", 1)
+                await source.enqueue("b", 2)
+                for event in woke.values():
+                    await event.wait()  # the enqueues' own wake-ups are in
+                held = (await claim(source, queues=("a", "b"), limit=10)).jobs
+                assert sorted(j.queue for j in held) == ["a", "b"]
+                woke.update(a=trio.Event(), b=trio.Event())
+                assert await source.release([j for j in held if j.queue == "a"]) == [held[0].id]
+                await woke["a"].wait()
+                assert not woke["b"].is_set()
+                assert await source.release_owner("owner-a") == [held[1].id]
+                await woke["b"].wait()
+            finally:
+                for stop in unsubscribe:
+                    stop()
 
     async def test_listen_stops_after_unsubscribe(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
