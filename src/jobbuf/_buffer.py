@@ -375,10 +375,13 @@ class JobBuffer(AckMethods):
     def _retry_due_in(self, delay: float) -> None:
         """A job this buffer failed is pending again, due in ``delay`` seconds, and nothing
         will announce it: the poller claims then (its sleep ends by then). A later one the
-        regular poll finds, at most ``poll_interval`` late, which is small against its delay."""
+        regular poll finds, up to about ``poll_interval`` late, which is small against its delay."""
         if delay >= RETRY_WAKE_HORIZON * self.config.poll_interval:
             return
-        due = trio.current_time() + delay
+        # A little late rather than early: the source sets run_at from its own clock when
+        # the ack ran (before we got the answer, but rounded, and on another host maybe
+        # with a drifting clock), and a claim a moment early finds nothing.
+        due = trio.current_time() + delay * 1.001 + 1e-3
         heapq.heappush(self._retries, due)
         timer = self._poll_timer
         if timer is not None and due < timer.deadline:

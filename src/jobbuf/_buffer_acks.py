@@ -88,8 +88,6 @@ class AckMethods:
         # extended, and released at the exit; a release is guarded, so twice is harmless).
         self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
-        if job.id in released:
-            self._wake.set()  # pending again: this buffer may claim it back
         return job.id in released
 
     async def _ack(self, ack: Ack) -> None:

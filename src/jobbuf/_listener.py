@@ -1,4 +1,5 @@
-"""The dedicated LISTEN connection that wakes buffers when jobs are enqueued."""
+"""The dedicated LISTEN connection that wakes buffers when jobs become ready (enqueued,
+released or requeued: each such statement sends one NOTIFY per queue)."""
 
 from __future__ import annotations
 

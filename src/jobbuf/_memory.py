@@ -92,8 +92,8 @@ class MemoryJobSource:
     ``keep_completed=True`` keeps completed rows with status ``done`` instead of deleting
     them. Enqueue arguments are checked as PostgreSQL's are (``check_enqueue``): a naive
     ``run_at`` is a ``ConfigError`` (ambiguous; asyncpg would read it as local time). Wake-ups
-    (:meth:`listen`) fire synchronously, once per queue for each enqueue and each release
-    call that changed rows, as PostgreSQL NOTIFYs; acks send none. An instance belongs to
+    (:meth:`listen`) fire synchronously, once per queue for each enqueue, and each release
+    or requeue call that changed rows, as PostgreSQL NOTIFYs; acks send none. An instance belongs to
     one ``trio.run``.
     """
 
@@ -362,7 +362,8 @@ class MemoryJobSource:
         return sorted(self._workers.values(), key=lambda w: (w.info.worker_id, w.info.started_at))
 
     def listen(self, queues: Collection[str], callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` synchronously once per enqueue call into one of ``queues``.
+        """Call ``callback`` synchronously once per enqueue call into one of ``queues``, and
+        once per release or requeue call that made jobs of one of them pending again.
         An exception from it is logged, never raised into the enqueue. Returns an
         idempotent unsubscribe function."""
         wanted = frozenset(check_identifier("queue", q) for q in queues)
@@ -427,7 +428,8 @@ class MemoryJobSource:
 
     async def requeue_dead(self, queue: str, ids: Sequence[int] | None = None) -> list[int]:
         """Put dead jobs of ``queue`` (only ``ids`` when given) back to pending now, with
-        attempts reset and ``last_error`` kept; return their ids in id order."""
+        attempts reset and ``last_error`` kept, waking its listeners; return their ids in
+        id order."""
         check_identifier("queue", queue)
         wanted = None if ids is None else frozenset(ids)
         now = await self._enter("requeue_dead")
@@ -435,5 +437,6 @@ class MemoryJobSource:
         rows = [r for r in rows if wanted is None or r.id in wanted]
         for row in rows:
             row.status, row.attempts, row.run_at = "pending", 0, now
+        self._notify_released(rows)
         self._fault("requeue_dead", after=True)
         return sorted(r.id for r in rows)

@@ -92,6 +92,8 @@ class _Poller:
                             self.orphans = False
                     except Exception as exc:
                         self._failed(exc)
+                else:  # backing off: stale entries still leave on time (no database needed)
+                    buf._sweep_stale()
                 sweep_only = await self._sleep(wake)
 
     def _answered_since_failure(self) -> bool:
@@ -164,7 +166,7 @@ class _Poller:
                 await wake.wait()
             finally:
                 buf._poll_timer = None
-        return timer.cancelled_caught and trio.current_time() < min(claim_at, self._next_retry())
+        return timer.cancelled_caught and not wake.is_set() and trio.current_time() < min(claim_at, self._next_retry())
 
     def _next_retry(self) -> float:
         return self.buf._retries[0] if self.buf._retries else math.inf

@@ -380,7 +380,8 @@ class PostgresJobSource:
         await self._fetch(self._sql.deregister(), instance, retry=True)
 
     def listen(self, queues: Collection[str], callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` when an enqueue to one of ``queues`` is notified (see :class:`Listener`)."""
+        """Call ``callback`` when an enqueue, release or requeue in one of ``queues`` is
+        notified (see :class:`Listener`)."""
         return self.listener.subscribe(queues, callback)
 
     # -- inspection ------------------------------------------------------------------------
@@ -399,9 +400,12 @@ class PostgresJobSource:
         return [{**dict(r), "config": json.loads(r["config"]), "stats": json.loads(r["stats"])} for r in rows]
 
     async def requeue_dead(self, queue: str, ids: Sequence[int] | None = None) -> list[int]:
-        """Put dead jobs back to pending with attempts reset; return their ids."""
+        """Put dead jobs back to pending with attempts reset (waking listeners of the queue);
+        return their ids."""
         check_identifier("queue", queue)
-        rows = await self._fetch(self._sql.requeue(), queue, None if ids is None else list(ids), retry=True)
+        rows = await self._fetch(
+            self._sql.requeue(), queue, None if ids is None else list(ids), self._sql.jobs_channel, retry=True
+        )
         return [row[0] for row in rows]
 
 

@@ -67,13 +67,16 @@ _RELEASE_SET = """
 def _waking(update: str, channel: int) -> str:
     """``update`` (of jobs ``j``) returning the ids it changed, with one NOTIFY on channel
     ``$channel`` per queue it made rows ready in: nothing else would tell other buffers."""
+    # MATERIALIZED: computed once, not once per changed row (as a plain subquery on the
+    # inner side of the join would be); not at all when no row changed.
     return f"""
-        WITH changed AS ({update} RETURNING j.id, j.queue)
-        SELECT changed.id FROM changed CROSS JOIN (
+        WITH changed AS ({update} RETURNING j.id, j.queue),
+        wake AS MATERIALIZED (
             SELECT count(*) FROM (
                 SELECT pg_notify(${channel}, q.queue) FROM (SELECT DISTINCT queue FROM changed) AS q
             ) AS notified
-        ) AS wake"""
+        )
+        SELECT changed.id FROM changed CROSS JOIN wake"""
 
 
 def _claims(first: int, *extra: str) -> str:
@@ -346,8 +349,9 @@ class Statements:
 
     def requeue(self) -> str:
         # Put dead jobs back: pending, attempts reset, error kept for the record.
-        # $1 queue, $2 ids (NULL: every dead job of the queue).
-        return f"""
-        UPDATE {self.s}.jobs SET status = 'pending', attempts = 0, run_at = now(), claim_token = NULL
-        WHERE status = 'dead' AND queue = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))
-        RETURNING id"""
+        # $1 queue, $2 ids (NULL: every dead job of the queue), $3 the jobs channel.
+        return _waking(
+            f"""UPDATE {self.s}.jobs j SET status = 'pending', attempts = 0, run_at = now(), claim_token = NULL
+            WHERE j.status = 'dead' AND j.queue = $1 AND ($2::bigint[] IS NULL OR j.id = ANY($2))""",
+            3,
+        )

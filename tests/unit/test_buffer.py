@@ -30,6 +30,7 @@ from jobbuf import (
     JobBuffer,
     LeaseLostError,
     MemoryJobSource,
+    _poller,
     open_job_buffer,
     open_postgres_source,
     rates,
@@ -136,6 +137,57 @@ async def test_released_jobs_are_claimed_again_at_once(autojump_clock: trio.test
             await a.stop()
             taken = await b.take_job(1)  # by another buffer: the release woke it
             assert taken is not None and taken.id == job.id
+
+
+async def test_a_retry_wake_up_is_never_early(autojump_clock: trio.testing.MockClock) -> None:
+    # The source rounds run_at to its clock: a claim at exactly "now + delay" can find the
+    # job a microsecond short of due, and then it would wait for the next poll.
+    rng = random.Random(1)
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=60, max_attempts=1000)) as buf:
+        await trio.sleep(1.0000006)
+        await source.enqueue("default", "x")
+        job = await buf.take_job(5)
+        for delay in [2.0000006] + [rng.uniform(0.5, 1.0) for _ in range(40)]:
+            assert job is not None
+            await buf.fail(job, "boom", retry_in=delay)
+            start = trio.current_time()
+            job = await buf.take_job(100)
+            assert trio.current_time() - start < delay + 0.1
+
+
+async def test_a_wake_up_at_the_ttl_timer_is_not_lost(autojump_clock: trio.testing.MockClock) -> None:
+    source = MemoryJobSource()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000, ttl=1)) as buf:
+        for k in range(2, 42):
+            await trio.sleep_until(k)  # the poller's TTL timer fires at k too
+            polls = buf.stats().polls
+            buf.wake()  # as a NOTIFY read in the same scheduling batch would
+            await trio.sleep(0.5)
+            assert buf.stats().polls > polls, k
+
+
+async def test_backing_off_with_stale_entries_does_not_spin(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    sleep = _poller._Poller._sleep
+
+    async def counting(self: Any, wake: trio.Event) -> bool:
+        sleeps.append(trio.current_time())
+        return await sleep(self, wake)
+
+    monkeypatch.setattr(_poller._Poller, "_sleep", counting)
+    source = MemoryJobSource()
+    await source.enqueue_many("default", list(range(5)))
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=1000, ttl=20)) as buf:
+        await trio.sleep(0.5)
+        assert buf.depth == 5
+        source.fail_next("claim", DatabaseUnavailableError("down"), times=100_000)
+        buf.wake()
+        await trio.sleep(40)  # the entries go stale at 20.5, during a backoff
+        assert buf.depth == 0 and buf.stats().discarded == 5
+    assert len([t for t in sleeps if 19 <= t <= 30]) < 50
 
 
 class _SlowClaimReply(MemoryJobSource):

@@ -268,14 +268,24 @@ class AckLeaseAndOperatorContract(ContractOptions):
 
     async def test_requeue_dead_resets_attempts_and_keeps_the_error(self, source: JobSource) -> None:
         with trio.fail_after(TIMEOUT):
+            enqueued = trio.Event()
+            stop = source.listen(["default"], enqueued.set)
             ids = await source.enqueue_many("default", [1, 2, 3], max_attempts=1)
+            await enqueued.wait()  # so a late wake-up from this enqueue cannot count below
+            stop()
             other = await source.enqueue("other", 4, max_attempts=1)
             jobs = (await claim(source, queues=("default", "other"))).jobs
             await source.ack([Ack(j, "boom") for j in jobs], default_max_attempts=20)
             assert await source.requeue_dead("default", [ids[0], other]) == [ids[0]]
             first = await row_state(source, ids[0])
             assert (first.status, first.attempts, first.last_error) == ("pending", 0, "boom")
-            assert sorted(await source.requeue_dead("default")) == ids[1:]
+            woke = trio.Event()
+            stop = source.listen(["default"], woke.set)
+            try:
+                assert sorted(await source.requeue_dead("default")) == ids[1:]
+                await woke.wait()  # ready again: listeners are told, as for an enqueue
+            finally:
+                stop()
             assert await source.requeue_dead("default") == []
             assert (await row_state(source, other)).status == "dead"
             again = (await claim(source)).jobs
