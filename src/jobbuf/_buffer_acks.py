@@ -88,6 +88,8 @@ class AckMethods:
         # extended, and released at the exit; a release is guarded, so twice is harmless).
         self._in_flight.pop(job.id, None)
         self._unconfirmed.pop(job.id, None)
+        if job.id in released:
+            self._wake.set()  # the source's wake-up would do, unless its listener is down
         return job.id in released
 
     async def _ack(self, ack: Ack) -> None:

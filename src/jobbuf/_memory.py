@@ -362,8 +362,8 @@ class MemoryJobSource:
         return sorted(self._workers.values(), key=lambda w: (w.info.worker_id, w.info.started_at))
 
     def listen(self, queues: Collection[str], callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` synchronously once per enqueue call into one of ``queues``, and
-        once per release or requeue call that made jobs of one of them pending again.
+        """Call ``callback`` synchronously once per enqueue call into one of ``queues``, and,
+        for each release or requeue call, once per one of them it made jobs pending in.
         An exception from it is logged, never raised into the enqueue. Returns an
         idempotent unsubscribe function."""
         wanted = frozenset(check_identifier("queue", q) for q in queues)

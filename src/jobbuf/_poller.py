@@ -45,7 +45,8 @@ async def poll_loop(buf: JobBuffer) -> None:
     jittered ``poll_interval``, a retry of a job this buffer failed falling due, or the next
     TTL expiry passes;
     a TTL wake-up only sweeps (and an empty buffer's TTL timer runs every min(ttl, 0.8 x
-    lease), so entries that arrive meanwhile are swept on time without extra polls).
+    lease), so entries that arrive meanwhile are swept on time without extra polls; during
+    a backoff too, since a sweep needs no database).
     Errors are counted in stats, logged, and retried with exponential backoff and jitter;
     they never end the loop. A claim that failed may still have committed (a reply lost
     with its connection, or cut off by its deadline): its rows are claimed by this buffer,

@@ -254,5 +254,5 @@ class JobSource(Protocol):
 
     async def requeue_dead(self, queue: str, ids: Sequence[int] | None = None) -> list[int]:
         """Put dead jobs of ``queue`` (only ``ids`` when given) back to pending with their
-        attempts reset; return their ids."""
+        attempts reset, waking listeners of the queue when any was; return their ids."""
         ...

@@ -67,11 +67,12 @@ _RELEASE_SET = """
 def _waking(update: str, channel: int) -> str:
     """``update`` (of jobs ``j``) returning the ids it changed, with one NOTIFY on channel
     ``$channel`` per queue it made rows ready in: nothing else would tell other buffers."""
-    # MATERIALIZED: computed once, not once per changed row (as a plain subquery on the
-    # inner side of the join would be); not at all when no row changed.
+    # A CTE, which PostgreSQL evaluates once (one calling a volatile function is never
+    # inlined), not a subquery, which the join may rescan once per changed row. With no
+    # row changed, DISTINCT yields no queue and nothing is sent.
     return f"""
         WITH changed AS ({update} RETURNING j.id, j.queue),
-        wake AS MATERIALIZED (
+        wake AS (
             SELECT count(*) FROM (
                 SELECT pg_notify(${channel}, q.queue) FROM (SELECT DISTINCT queue FROM changed) AS q
             ) AS notified

@@ -276,14 +276,18 @@ class AckLeaseAndOperatorContract(ContractOptions):
             other = await source.enqueue("other", 4, max_attempts=1)
             jobs = (await claim(source, queues=("default", "other"))).jobs
             await source.ack([Ack(j, "boom") for j in jobs], default_max_attempts=20)
+            requeued = trio.Event()
+            stop = source.listen(["default"], requeued.set)
             assert await source.requeue_dead("default", [ids[0], other]) == [ids[0]]
+            await requeued.wait()  # ready again: listeners are told, as for an enqueue
+            stop()
             first = await row_state(source, ids[0])
             assert (first.status, first.attempts, first.last_error) == ("pending", 0, "boom")
             woke = trio.Event()
             stop = source.listen(["default"], woke.set)
             try:
                 assert sorted(await source.requeue_dead("default")) == ids[1:]
-                await woke.wait()  # ready again: listeners are told, as for an enqueue
+                await woke.wait()
             finally:
                 stop()
             assert await source.requeue_dead("default") == []
