@@ -93,8 +93,8 @@ class MemoryJobSource:
     them. Enqueue arguments are checked as PostgreSQL's are (``check_enqueue``): a naive
     ``run_at`` is a ``ConfigError`` (ambiguous; asyncpg would read it as local time). Wake-ups
     (:meth:`listen`) fire synchronously, once per queue for each enqueue, and each release
-    or requeue call that changed rows, as PostgreSQL NOTIFYs; acks send none. An instance belongs to
-    one ``trio.run``.
+    or requeue call that changed rows, as PostgreSQL NOTIFYs; acks send none. An instance
+    belongs to one ``trio.run``.
     """
 
     def __init__(self, *, keep_completed: bool = False) -> None:

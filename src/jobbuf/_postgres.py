@@ -272,7 +272,8 @@ class PostgresJobSource:
         return await self._call(op, relaxed=True)
 
     async def release(self, jobs: Sequence[Job]) -> list[int]:
-        """Release jobs whose claim still matches (waking listeners of their queues); return the ids released."""
+        """Release jobs whose claim still matches (waking listeners of their queues); return
+        the ids released."""
         claimed = [job for job in jobs if job.claim is not None]
         if not claimed:
             return []

@@ -190,6 +190,23 @@ async def test_backing_off_with_stale_entries_does_not_spin(
     assert len([t for t in sleeps if 19 <= t <= 30]) < 50
 
 
+async def test_a_release_wakes_its_own_buffer_without_the_sources_wake_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Unheard(MemoryJobSource):  # as a PostgreSQL source whose listener is reconnecting
+        def _notify_released(self, rows: Sequence[Any]) -> None:
+            pass
+
+    source = Unheard()
+    async with open_job_buffer(source, "w", BufferConfig(poll_interval=60)) as buf:
+        await trio.sleep(1)
+        await source.enqueue("default", "x")
+        job = await buf.take_job(5)
+        assert job is not None and await buf.release(job)
+        again = await buf.take_job(1)
+        assert again is not None and again.id == job.id
+
+
 class _SlowClaimReply(MemoryJobSource):
     """A claim whose reply takes 0.5 s, its rows chosen at once (as PostgreSQL's are)."""
 
